@@ -1,0 +1,44 @@
+# The course's two doors: `make lab` (learners, lecturers) and `make test` (everyone, CI).
+# Both create .venv if it is missing and install the course into it (pip install -e ".[dev]").
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: lab test unit notebooks execute bench clean-cache clean help
+help:
+	@echo "make lab          install (first time) and start JupyterLab on notebooks/"
+	@echo "make test         install (first time), run the unit tests and every notebook in quick mode"
+	@echo "make execute      run every notebook in full mode headless; executed copies + HTML in build/"
+	@echo "make bench        throughput benchmark (course batches vs DataLoader) and Pyro step ratio"
+	@echo "make clean-cache  delete data/cache/ (generated data sets and checkpoints)"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e ".[dev]"
+	@touch $(STAMP)
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=notebooks
+
+test: $(STAMP)
+	COURSE_QUICK=1 MPLBACKEND=Agg $(BIN)/python -m pytest -v --nbval-lax --durations=15 tests notebooks
+
+unit: $(STAMP)
+	COURSE_QUICK=1 MPLBACKEND=Agg $(BIN)/python -m pytest -v tests
+
+notebooks: $(STAMP)
+	COURSE_QUICK=1 MPLBACKEND=Agg $(BIN)/python -m pytest -v --nbval-lax notebooks
+
+execute: $(STAMP)
+	$(BIN)/python -m course_utils.execute --out build
+
+bench: $(STAMP)
+	$(BIN)/python -m course_utils.bench
+
+clean-cache:
+	rm -rf data/cache
+
+clean:
+	rm -rf build data/cache $(VENV)

@@ -1,0 +1,89 @@
+"""Run every notebook headless and keep the executed copies: ``make execute``.
+
+    python -m course_utils.execute [--out build] [--quick] [--only 02,03]
+
+Each notebook is executed in a fresh kernel with its folder as working directory;
+the executed notebook and an HTML page go to ``--out``; a table of wall times per
+notebook, and the total, is printed with the device at the end. Exits non-zero if
+any notebook failed (the others still run).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from .data import PROJECT_ROOT
+from .runtime import get_device
+
+
+def torch_device_name(device) -> str:
+    import torch
+    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
+
+
+def execute_notebook(path: Path, out_dir: Path, quick: bool, timeout: int | None = None) -> tuple[float, str | None]:
+    import nbformat
+    from nbclient import NotebookClient
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(path, as_version=4)
+    env_backup = os.environ.get("COURSE_QUICK")
+    os.environ["COURSE_QUICK"] = "1" if quick else "0"
+    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    error = None
+    start = time.perf_counter()
+    try:
+        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(path.parent)}}).execute()
+    except Exception as e:  # keep going: write what ran, report the failure
+        error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+    finally:
+        if env_backup is None:
+            os.environ.pop("COURSE_QUICK", None)
+        else:
+            os.environ["COURSE_QUICK"] = env_backup
+    seconds = time.perf_counter() - start
+    out_dir.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, out_dir / path.name)
+    html, _ = HTMLExporter().from_notebook_node(nb)
+    (out_dir / path.with_suffix(".html").name).write_text(html, encoding="utf-8")
+    return seconds, error
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="build", help="folder for executed notebooks and HTML (default: build)")
+    parser.add_argument("--quick", action="store_true", help="quick mode (COURSE_QUICK=1) instead of full mode")
+    parser.add_argument("--only", default="", help="comma-separated notebook prefixes, e.g. 02,03")
+    args = parser.parse_args(argv)
+
+    notebooks = sorted((PROJECT_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if args.only:
+        prefixes = tuple(p.strip() for p in args.only.split(",") if p.strip())
+        notebooks = [nb for nb in notebooks if nb.name.startswith(prefixes)]
+    out_dir = Path(args.out).resolve()
+    mode = "quick" if args.quick else "full"
+    device = get_device()
+    device_name = torch_device_name(device)
+    print(f"Executing {len(notebooks)} notebooks in {mode} mode on {device_name}", flush=True)
+    rows, failed = [], 0
+    for nb in notebooks:
+        print(f"  {nb.name} ...", end=" ", flush=True)
+        seconds, error = execute_notebook(nb, out_dir, quick=args.quick)
+        print(f"{seconds:7.1f} s" + (f"  FAILED: {error}" if error else ""), flush=True)
+        rows.append((nb.name, seconds, error))
+        failed += error is not None
+    total = sum(s for _, s, _ in rows)
+    print(f"\n| notebook | wall time (s) | status |\n|---|---:|---|")
+    for name, seconds, error in rows:
+        print(f"| {name} | {seconds:.1f} | {'FAILED' if error else 'ok'} |")
+    print(f"| **total** | **{total:.1f}** | {len(rows) - failed}/{len(rows)} ok |")
+    print(f"\nmode={mode}; device={device_name}; executed copies and HTML in {out_dir}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

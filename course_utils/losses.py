@@ -1,0 +1,188 @@
+"""Loss terms of the course, as pure functions of tensors.
+
+Each per-example term returns one value per example, shape ``[B]``; the caller
+reduces (usually ``.mean()`` over the batch). Images keep their shape: every
+non-batch dimension is summed over, so a value is in nats per image.
+
+References: Kingma & Welling 2014 (Auto-Encoding Variational Bayes), Appendix B for
+the Gaussian KL; Burda, Grosse & Salakhutdinov 2015 (IWAE) for the importance-weighted
+bound; Tolstikhin et al. 2018 (Wasserstein Auto-Encoders) for the MMD penalty.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Protocol, Sequence
+
+import torch
+import torch.nn.functional as F
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def _sum_except_batch(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0], -1).sum(dim=1)  # [B, ...] -> [B]
+
+
+def _check_same_shape(a: torch.Tensor, b: torch.Tensor, a_name: str, b_name: str) -> None:
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{a_name} has shape {tuple(a.shape)} but {b_name} has shape {tuple(b.shape)}; they must match "
+            f"(one {a_name} per pixel of {b_name}, batch first). Reshape the decoder output, e.g. "
+            f"`{a_name}.view_as({b_name})`."
+        )
+
+
+def kl_diag_normal(z_loc: torch.Tensor, z_logvar: torch.Tensor,
+                   prior_loc: torch.Tensor | float = 0.0, prior_logvar: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """KL( N(z_loc, diag exp(z_logvar)) || N(prior_loc, diag exp(prior_logvar)) ), shape ``[B]``.
+
+    With the default prior N(0, I) this is Kingma & Welling's Appendix B:
+    KL = 1/2 * sum_j (exp(logvar_j) + loc_j^2 - 1 - logvar_j).
+    z_loc, z_logvar: ``[B, D]`` (any trailing shape is summed over).
+    """
+    _check_same_shape(z_loc, z_logvar, "z_loc", "z_logvar")
+    prior_loc = torch.as_tensor(prior_loc, dtype=z_loc.dtype, device=z_loc.device)
+    prior_logvar = torch.as_tensor(prior_logvar, dtype=z_loc.dtype, device=z_loc.device)
+    kl = 0.5 * (torch.exp(z_logvar - prior_logvar) + (z_loc - prior_loc) ** 2 / torch.exp(prior_logvar)
+                - 1.0 - z_logvar + prior_logvar)
+    return _sum_except_batch(kl)
+
+
+def bernoulli_nll(x_logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """-log Bernoulli(x | sigmoid(x_logits)) summed over pixels, shape ``[B]``.
+
+    Computed from logits (stable for logits of any size). x must lie in [0, 1]: binary
+    data, or gray values read as probabilities (notebook 03 shows why that is improper).
+    """
+    _check_same_shape(x_logits, x, "x_logits", "x")
+    if x.numel():
+        lo, hi = torch.aminmax(x)
+        if lo < 0 or hi > 1:
+            raise ValueError(
+                f"bernoulli_nll: x must lie in [0, 1] (the Bernoulli likelihood's support), got values in "
+                f"[{lo.item():.4g}, {hi.item():.4g}]. Scale images with course_utils.data.to_float, "
+                "or binarize them with course_utils.data.binarize."
+            )
+    return _sum_except_batch(F.binary_cross_entropy_with_logits(x_logits, x, reduction="none"))
+
+
+def gaussian_nll(x_loc: torch.Tensor, x: torch.Tensor, logvar: torch.Tensor | float) -> torch.Tensor:
+    """-log N(x | x_loc, exp(logvar)) summed over pixels, with its constant, shape ``[B]``.
+
+    logvar is a float (one fixed variance sigma0^2 = exp(logvar)) or a tensor that
+    broadcasts against x (one per image, per pixel, or a learned scalar).
+    Per pixel: 1/2 * (log 2 pi + logvar + (x - x_loc)^2 / exp(logvar)).
+    """
+    _check_same_shape(x_loc, x, "x_loc", "x")
+    logvar = torch.as_tensor(logvar, dtype=x.dtype, device=x.device)
+    nll = 0.5 * (LOG_2PI + logvar + (x - x_loc) ** 2 * torch.exp(-logvar))
+    return _sum_except_batch(nll.expand_as(x))
+
+
+def log_normal_diag(z: torch.Tensor, loc: torch.Tensor | float, logvar: torch.Tensor | float) -> torch.Tensor:
+    """log N(z | loc, diag exp(logvar)) summed over the last dimension, shape ``z.shape[:-1]``."""
+    loc = torch.as_tensor(loc, dtype=z.dtype, device=z.device)
+    logvar = torch.as_tensor(logvar, dtype=z.dtype, device=z.device)
+    return (-0.5 * (LOG_2PI + logvar + (z - loc) ** 2 * torch.exp(-logvar))).sum(-1)
+
+
+# ----------------------------------------------------------------------------------------
+# Maximum mean discrepancy (notebook 06)
+# ----------------------------------------------------------------------------------------
+WAE_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+def mmd(x: torch.Tensor, y: torch.Tensor, kernel: str = "imq", scales: Sequence[float] = WAE_SCALES,
+        prior_var: float = 1.0) -> torch.Tensor:
+    """Unbiased estimate of MMD^2 between samples x ``[n, D]`` and y ``[m, D]`` (a scalar).
+
+    MMD^2 = E k(x, x') + E k(y, y') - 2 E k(x, y). The within-sample means skip the
+    diagonal (i = j) and divide by n(n-1) (the U-statistic), so the estimate is unbiased
+    and can be slightly negative when x and y come from one distribution.
+
+    Kernels, summed over ``C = C_base * s`` for s in ``scales`` with
+    ``C_base = 2 * D * prior_var`` (Tolstikhin et al. 2018 and their code):
+    - "imq": inverse multiquadric k(x, y) = C / (C + ||x - y||^2), heavy-tailed;
+    - "rbf": Gaussian k(x, y) = exp(-||x - y||^2 / C).
+    """
+    if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f"mmd expects x [n, D] and y [m, D] with the same D, got {tuple(x.shape)} and {tuple(y.shape)}.")
+    n, m = x.shape[0], y.shape[0]
+    if n < 2 or m < 2:
+        raise ValueError(f"mmd needs at least 2 samples on each side for the unbiased estimate, got n={n}, m={m}.")
+    if kernel not in ("imq", "rbf"):
+        raise ValueError(f"mmd(kernel={kernel!r}): use 'imq' or 'rbf'.")
+    c_base = 2.0 * x.shape[1] * prior_var
+    d_xx = torch.cdist(x, x).pow(2)  # [n, n]
+    d_yy = torch.cdist(y, y).pow(2)  # [m, m]
+    d_xy = torch.cdist(x, y).pow(2)  # [n, m]
+    off_x = 1.0 - torch.eye(n, dtype=x.dtype, device=x.device)
+    off_y = 1.0 - torch.eye(m, dtype=y.dtype, device=y.device)
+    total = x.new_zeros(())
+    for s in scales:
+        c = c_base * s
+        if kernel == "imq":
+            k_xx, k_yy, k_xy = c / (c + d_xx), c / (c + d_yy), c / (c + d_xy)
+        else:
+            k_xx, k_yy, k_xy = torch.exp(-d_xx / c), torch.exp(-d_yy / c), torch.exp(-d_xy / c)
+        total = total + (k_xx * off_x).sum() / (n * (n - 1)) + (k_yy * off_y).sum() / (m * (m - 1)) \
+            - 2.0 * k_xy.mean()
+    return total
+
+
+# ----------------------------------------------------------------------------------------
+# Importance-weighted log-likelihood (notebooks 02-05)
+# ----------------------------------------------------------------------------------------
+class EncoderDecoder(Protocol):
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def decode(self, z: torch.Tensor) -> torch.Tensor: ...
+
+
+@torch.no_grad()
+def iw_log_likelihood(model: EncoderDecoder, x: torch.Tensor, k: int = 5000,
+                      likelihood: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = bernoulli_nll,
+                      *, batch_size: int = 100, max_decode: int = 50_000,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """Importance-weighted estimate of log p(x) for each example, shape ``[N]`` (nats).
+
+    log p(x) ~= log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x),  z_i ~ q(z|x)   (Burda et al. 2015)
+
+    - ``model.encode(x) -> (z_loc, z_logvar)``, ``model.decode(z)`` -> the likelihood's parameter
+      (logits for Bernoulli, the mean for a Gaussian); the prior is N(0, I).
+    - ``likelihood(decoded, x)`` returns -log p(x|z) per example ``[B]``: ``bernoulli_nll`` (default)
+      or e.g. ``lambda x_loc, x: gaussian_nll(x_loc, x, logvar)``.
+    - log q is evaluated at the *sampled* z; k samples are split into chunks so that at most
+      ``max_decode`` images are decoded at once (k=5000 fits in memory).
+    The model is put in eval mode for the estimate and restored afterwards.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}.")
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    try:
+        out = []
+        for start in range(0, x.shape[0], batch_size):
+            xb = x[start:start + batch_size]
+            b = xb.shape[0]
+            z_loc, z_logvar = model.encode(xb)  # [b, D] each
+            z_std = torch.exp(0.5 * z_logvar)
+            chunk = max(1, min(k, max_decode // b))
+            log_w = []
+            for done in range(0, k, chunk):
+                kc = min(chunk, k - done)
+                eps = torch.randn((kc,) + tuple(z_loc.shape), device=z_loc.device, dtype=z_loc.dtype,
+                                  generator=generator)  # [kc, b, D]
+                z = z_loc + z_std * eps
+                log_q = log_normal_diag(z, z_loc, z_logvar)  # [kc, b]
+                log_pz = log_normal_diag(z, 0.0, 0.0)  # [kc, b]
+                decoded = model.decode(z.reshape(kc * b, -1))  # [kc*b, ...]
+                x_rep = xb.unsqueeze(0).expand((kc,) + tuple(xb.shape)).reshape((kc * b,) + tuple(xb.shape[1:]))
+                log_px_z = -likelihood(decoded.reshape(x_rep.shape), x_rep).reshape(kc, b)
+                log_w.append(log_px_z + log_pz - log_q)
+            log_w = torch.cat(log_w, dim=0)  # [k, b]
+            out.append(torch.logsumexp(log_w, dim=0) - math.log(k))
+        return torch.cat(out)
+    finally:
+        if was_training and hasattr(model, "train"):
+            model.train()

@@ -1,0 +1,92 @@
+"""Runtime helpers: device choice, seeding, and the course's quick mode.
+
+Every notebook's Setup cell calls these three things::
+
+    device = get_device()          # cuda > mps > cpu
+    seed_everything(0)             # python, numpy, torch (and pyro, if installed)
+    EPOCHS = scaled(full=30, quick=1)   # quick mode is set by COURSE_QUICK=1
+"""
+from __future__ import annotations
+
+import os
+import random
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+T = TypeVar("T")
+
+_VALID_PREFER = ("cuda", "mps", "cpu")
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def get_device(prefer: str | None = None) -> torch.device:
+    """Return the device to compute on.
+
+    prefer=None picks the best available (cuda > mps > cpu). The environment variable
+    COURSE_DEVICE overrides that choice (e.g. COURSE_DEVICE=cpu to force the CPU).
+    prefer="cuda" (or "mps") raises a RuntimeError that says what to do when that
+    device is not there, instead of silently falling back to the CPU.
+    """
+    if prefer is None:
+        prefer = os.environ.get("COURSE_DEVICE") or None
+    if prefer is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    kind = str(prefer).split(":")[0].lower()
+    if kind not in _VALID_PREFER:
+        raise ValueError(f"get_device(prefer={prefer!r}): use one of {_VALID_PREFER} or None for automatic choice.")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            "A CUDA GPU was asked for (prefer='cuda'), but torch sees none "
+            f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}). "
+            "Check `nvidia-smi`, install a CUDA build of torch (see README, 'Getting a CPU-only or CUDA build'), "
+            "or call get_device() without prefer to run on the CPU."
+        )
+    if kind == "mps" and not _mps_available():
+        raise RuntimeError(
+            "An Apple GPU was asked for (prefer='mps'), but torch.backends.mps is not available. "
+            "Use macOS 12.3+ on Apple silicon with a recent torch, or call get_device() without prefer."
+        )
+    return torch.device(prefer)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's `random`, NumPy, torch (CPU and all GPUs) and Pyro if it is installed."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    try:
+        import pyro
+    except ImportError:  # Pyro is only needed by notebook 04
+        return
+    pyro.set_rng_seed(seed)
+
+
+def is_quick() -> bool:
+    """True when the course runs in quick mode (COURSE_QUICK=1, as set by the tests)."""
+    return os.environ.get("COURSE_QUICK", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def scaled(full: T, quick: T) -> T:
+    """Pick the full-mode value, or the quick-mode value when COURSE_QUICK=1.
+
+    The one way a notebook changes sizes between modes: ``EPOCHS = scaled(full=60, quick=1)``.
+    """
+    return quick if is_quick() else full
+
+
+def describe(device: torch.device | None = None) -> str:
+    """One line naming the mode, the device and the torch version, for Setup cells."""
+    device = device or get_device()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    mode = "quick" if is_quick() else "full"
+    return f"mode={mode} device={device} ({name}) torch={torch.__version__}"

@@ -1,0 +1,205 @@
+"""One training loop for the whole course: ``fit``.
+
+    history = fit(model, loss_fn, x_train, test_data=x_test, epochs=EPOCHS, cache="02-vae-z32")
+
+``loss_fn(model, *batch)`` returns a dict of tensors:
+- ``"loss"``: the scalar to minimize (mean over the batch), e.g. recon + beta * kl;
+- any other 0-dim tensor (``"recon"``, ``"kl"``...): logged per epoch as a metric;
+- optionally ``"z_loc"`` and ``"z_logvar"`` ``[B, D]``: q(z|x)'s parameters, from which
+  ``fit`` logs mean mu, mean sigma, per-dimension KL and active units (no second pass).
+
+The loop reads top to bottom: forward/backward/update, a guard against NaN/inf,
+per-epoch evaluation and logging. Ctrl-C stops it and keeps what was learned.
+A ``cache`` name makes a re-run load the saved weights and history instead of training.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from .data import batches, cache_dir
+from .diagnostics import LatentStats
+
+LossFn = Callable[..., dict]
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def _as_tuple(data) -> tuple[torch.Tensor, ...]:
+    if data is None:
+        return ()
+    return tuple(data) if isinstance(data, (tuple, list)) else (data,)
+
+
+def _config_key(model: nn.Module, config: dict) -> str:
+    shapes = {name: list(p.shape) for name, p in model.state_dict().items()}
+    blob = json.dumps({"model": type(model).__name__, "shapes": shapes, "config": config}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def checkpoint_path(name: str, model: nn.Module, config: dict) -> Path:
+    """``data/cache/checkpoints/<name>-<hash of model shapes and config>.pt``."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+    return cache_dir("checkpoints") / f"{safe}-{_config_key(model, config)}.pt"
+
+
+def save_checkpoint(path: Path, model: nn.Module, history: dict) -> None:
+    """Write {"model": state_dict, "history": history} atomically (temp file, then rename)."""
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"model": state, "history": history}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, model: nn.Module) -> dict:
+    """Load weights into ``model`` (weights_only=True: no arbitrary code is unpickled); return the history."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(blob["model"])
+    return blob["history"]
+
+
+def _progress(iterable: Iterable, total: int, desc: str, enabled: bool):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+    return tqdm(iterable, total=total, desc=desc, leave=False)
+
+
+def _metrics_of(out: dict) -> dict[str, torch.Tensor]:
+    return {k: v.detach() for k, v in out.items()
+            if isinstance(v, torch.Tensor) and v.dim() == 0 and k not in ("z_loc", "z_logvar")}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loss_fn: LossFn, data, batch_size: int = 1000) -> dict[str, object]:
+    """Mean of each metric of ``loss_fn`` over ``data`` (eval mode, no gradients), plus latent stats."""
+    was_training = model.training
+    model.eval()
+    sums: dict[str, torch.Tensor] = {}
+    stats, n = LatentStats(), 0
+    for batch in batches(*_as_tuple(data), batch_size=batch_size, shuffle=False):
+        out = loss_fn(model, *batch)
+        b = batch[0].shape[0]
+        for k, v in _metrics_of(out).items():
+            sums[k] = sums.get(k, 0.0) + v * b
+        if "z_loc" in out and "z_logvar" in out:
+            stats.update(out["z_loc"], out["z_logvar"])
+        n += b
+    model.train(was_training)
+    result: dict[str, object] = {k: (v / n).item() for k, v in sums.items()}
+    result.update(stats.summary())
+    return result
+
+
+def fit(model: nn.Module, loss_fn: LossFn, train_data, *, epochs: int, batch_size: int = 128,
+        lr: float = 1e-3, optimizer: torch.optim.Optimizer | None = None,
+        lr_schedule: Callable[[torch.optim.Optimizer], object] | None = None,
+        test_data=None, cache: str | None = None, config: dict | None = None,
+        on_epoch_start: Callable[[int], None] | None = None,
+        on_epoch_end: Callable[[dict], None] | None = None,
+        check_every: int = 50, progress: bool = True, seed: int | None = None) -> dict:
+    """Train ``model`` for ``epochs`` passes over ``train_data`` and return the history.
+
+    train_data / test_data: a tensor or a tuple of tensors on the model's device
+    (``loss_fn(model, *batch)`` receives one batch of each). The history is a dict of
+    per-epoch lists: ``epoch``, ``seconds``, ``train_<metric>``, ``test_<metric>``, and for
+    models that return z_loc/z_logvar ``train_mean_mu``, ``train_mean_sigma``, ``..._kl_d``...
+    ``history["stopped"]`` is ``"completed"``, ``"interrupted"`` (Ctrl-C) or ``"non-finite"``.
+
+    Safety: the loss is checked for NaN/inf every ``check_every`` steps and at the end of each
+    epoch (a check costs one host sync); on a bad value training stops with a message and the
+    weights of the last good check are restored. With ``cache="name"`` the weights and history
+    are saved to data/cache/checkpoints (key: the name, the model's shapes and this call's
+    settings plus ``config``) and a later call with the same key loads them instead of training.
+    """
+    run_config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+                  "optimizer": type(optimizer).__name__ if optimizer else "Adam", **(config or {})}
+    path = checkpoint_path(cache, model, run_config) if cache else None
+    if path is not None and path.exists():
+        history = load_checkpoint(path, model)
+        print(f"Loaded cached run '{cache}' from {path.name} ({len(history.get('epoch', []))} epochs, "
+              f"trained in {sum(history.get('seconds', [0])):.1f} s). Delete data/cache/ to retrain.")
+        history["loaded_from_cache"] = True
+        return history
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
+    scheduler = lr_schedule(optimizer) if lr_schedule else None
+    train_data = _as_tuple(train_data)
+    n_train = train_data[0].shape[0]
+    steps_per_epoch = -(-n_train // batch_size)
+    history: dict = {"epoch": [], "seconds": [], "stopped": "completed", "loaded_from_cache": False}
+    good_state = copy.deepcopy(model.state_dict())
+
+    def log(prefix: str, metrics: dict) -> None:
+        for k, v in metrics.items():
+            history.setdefault(f"{prefix}_{k}", []).append(v)
+
+    epoch_bar = _progress(range(1, epochs + 1), epochs, "epochs", progress and epochs > 1)
+    try:
+        for epoch in epoch_bar:
+            if on_epoch_start is not None:
+                on_epoch_start(epoch)
+            model.train()
+            start = time.perf_counter()
+            sums: dict[str, torch.Tensor] = {}
+            stats, seen = LatentStats(), 0
+            step_bar = _progress(batches(*train_data, batch_size=batch_size), steps_per_epoch,
+                                 f"epoch {epoch}/{epochs}", progress)
+            for step, batch in enumerate(step_bar, 1):
+                # forward / backward / update
+                out = loss_fn(model, *batch)
+                loss = out["loss"]
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                # running metrics stay on the device: no host sync per step
+                b = batch[0].shape[0]
+                for k, v in _metrics_of(out).items():
+                    sums[k] = sums.get(k, 0.0) + v * b
+                if "z_loc" in out and "z_logvar" in out:
+                    stats.update(out["z_loc"], out["z_logvar"])
+                seen += b
+                # NaN/inf guard (one host sync every check_every steps)
+                if step % check_every == 0 or step == steps_per_epoch:
+                    running = (sums["loss"] / seen).item()
+                    if not torch.isfinite(loss).item() or not torch.isfinite(torch.tensor(running)):
+                        raise NonFiniteLossError(f"epoch {epoch}, step {step}: loss is {loss.item()}")
+                    good_state = copy.deepcopy(model.state_dict())
+                    if progress and hasattr(step_bar, "set_postfix"):
+                        step_bar.set_postfix(loss=f"{running:.3f}")
+            if scheduler is not None:
+                scheduler.step()
+            # per-epoch logging (one sync per metric)
+            train_metrics: dict = {k: (v / seen).item() for k, v in sums.items()}
+            train_metrics.update(stats.summary())
+            log("train", train_metrics)
+            if test_data is not None:
+                log("test", evaluate(model, loss_fn, test_data))
+            history["epoch"].append(epoch)
+            history["seconds"].append(time.perf_counter() - start)
+            if on_epoch_end is not None:
+                on_epoch_end(history)
+    except NonFiniteLossError as e:
+        model.load_state_dict(good_state)
+        history["stopped"] = "non-finite"
+        print(f"Training stopped: the loss became NaN or infinite ({e}). The weights of the last good check "
+              "are restored. Lower the learning rate, check the data range, or clamp the log-variance.")
+    except KeyboardInterrupt:
+        history["stopped"] = "interrupted"
+        print(f"Training interrupted after {len(history['epoch'])} full epochs; the model keeps what it learned. "
+              "Run the cell again to train from scratch (nothing was cached).")
+    if path is not None and history["stopped"] == "completed":
+        save_checkpoint(path, model, history)
+    return history

@@ -1,0 +1,48 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from course_utils import runtime
+
+
+def test_get_device_default_is_available():
+    device = runtime.get_device()
+    assert device.type in ("cuda", "mps", "cpu")
+    torch.zeros(1, device=device)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_asking_for_cuda_without_one_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="CUDA GPU was asked for"):
+        runtime.get_device("cuda")
+
+
+def test_get_device_rejects_unknown_names():
+    with pytest.raises(ValueError, match="use one of"):
+        runtime.get_device("tpu")
+
+
+def test_course_device_env_overrides(monkeypatch):
+    monkeypatch.setenv("COURSE_DEVICE", "cpu")
+    assert runtime.get_device() == torch.device("cpu")
+
+
+def test_seed_everything_reproduces_all_generators():
+    def draw():
+        import pyro.distributions as dist
+        return (random.random(), np.random.rand(), torch.rand(1).item(), dist.Normal(0, 1).sample().item())
+    runtime.seed_everything(123)
+    first = draw()
+    runtime.seed_everything(123)
+    assert draw() == first
+
+
+def test_quick_mode_and_scaled(monkeypatch):
+    monkeypatch.setenv("COURSE_QUICK", "1")
+    assert runtime.is_quick() and runtime.scaled(full=60, quick=1) == 1
+    monkeypatch.setenv("COURSE_QUICK", "0")
+    assert not runtime.is_quick() and runtime.scaled(full=60, quick=1) == 60
+    monkeypatch.delenv("COURSE_QUICK")
+    assert not runtime.is_quick()

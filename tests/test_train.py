@@ -1,0 +1,110 @@
+"""fit: lowers the loss, survives NaN and Ctrl-C, reloads from its cache, is reproducible."""
+import pytest
+import torch
+
+from course_utils import data, train
+from course_utils.losses import bernoulli_nll, kl_diag_normal
+from course_utils.models import ConvVAE, MLPVAE
+
+
+def neg_elbo(model, x):
+    x_logits, z_loc, z_logvar = model(x)
+    recon, kl = bernoulli_nll(x_logits, x), kl_diag_normal(z_loc, z_logvar)
+    return {"loss": (recon + kl).mean(), "recon": recon.mean(), "kl": kl.mean(), "z_loc": z_loc, "z_logvar": z_logvar}
+
+
+@pytest.fixture(scope="module")
+def mnist_small():
+    x, _ = data.mnist_tensors("train", limit=512)
+    return data.binarize(x, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "DATA_DIR", tmp_path)
+
+
+def test_fit_lowers_the_loss_and_logs_latent_stats(mnist_small):
+    torch.manual_seed(0)
+    model = MLPVAE(z_dim=8, hidden=(128,))
+    before = train.evaluate(model, neg_elbo, mnist_small)["loss"]
+    history = train.fit(model, neg_elbo, mnist_small, test_data=mnist_small[:128], epochs=3, batch_size=64,
+                        progress=False)
+    assert history["stopped"] == "completed" and history["epoch"] == [1, 2, 3]
+    assert history["test_loss"][-1] < before - 100
+    for key in ("train_recon", "train_kl", "train_mean_mu", "train_mean_sigma", "test_mean_sigma", "test_active_units"):
+        assert len(history[key]) == 3, key
+    assert len(history["train_kl_d"][0]) == 8
+    assert 0 < history["train_mean_sigma"][-1] < 1.5
+
+
+def test_fit_stops_on_nan_and_keeps_the_last_good_weights(mnist_small, capsys):
+    torch.manual_seed(0)
+    model = MLPVAE(z_dim=4, hidden=(32,))
+    calls = {"n": 0}
+
+    def poisoned(model, x):
+        calls["n"] += 1
+        out = neg_elbo(model, x)
+        if calls["n"] >= 5:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    history = train.fit(model, poisoned, mnist_small, epochs=2, batch_size=64, check_every=2, progress=False)
+    assert history["stopped"] == "non-finite"
+    assert "NaN or infinite" in capsys.readouterr().out
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert torch.isfinite(train.evaluate(model, neg_elbo, mnist_small)["loss"] * torch.ones(()))
+
+
+def test_fit_keeps_what_it_learned_on_keyboard_interrupt(mnist_small):
+    torch.manual_seed(0)
+    model = MLPVAE(z_dim=4, hidden=(32,))
+    before = train.evaluate(model, neg_elbo, mnist_small)["loss"]
+
+    def interrupt_at_epoch_3(epoch):
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+    history = train.fit(model, neg_elbo, mnist_small, epochs=5, batch_size=64, lr=3e-3, progress=False,
+                        on_epoch_start=interrupt_at_epoch_3, cache="interrupted")
+    assert history["stopped"] == "interrupted" and history["epoch"] == [1, 2]
+    assert train.evaluate(model, neg_elbo, mnist_small)["loss"] < before - 50
+    assert not list((data.DATA_DIR / "cache" / "checkpoints").glob("interrupted-*"))  # not cached
+
+
+def test_fit_reloads_from_its_cache(mnist_small):
+    torch.manual_seed(0)
+    model = ConvVAE(z_dim=4, channels=(8, 16), hidden=32)
+    history = train.fit(model, neg_elbo, mnist_small, epochs=1, batch_size=128, progress=False, cache="tiny")
+    files = list((data.DATA_DIR / "cache" / "checkpoints").glob("tiny-*.pt"))
+    assert len(files) == 1 and not list(files[0].parent.glob("*.tmp*"))
+
+    fresh = ConvVAE(z_dim=4, channels=(8, 16), hidden=32)
+    calls = []
+    again = train.fit(fresh, lambda m, x: calls.append(1) or neg_elbo(m, x), mnist_small, epochs=1,
+                      batch_size=128, progress=False, cache="tiny")
+    assert not calls, "a cached run must not train again"
+    assert again["loaded_from_cache"] and again["train_loss"] == history["train_loss"]
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)
+    # another setting is another key: trains again
+    other = train.fit(ConvVAE(z_dim=4, channels=(8, 16), hidden=32), neg_elbo, mnist_small, epochs=1,
+                      batch_size=64, progress=False, cache="tiny")
+    assert not other["loaded_from_cache"]
+    assert len(list(files[0].parent.glob("tiny-*.pt"))) == 2
+
+
+def test_seeded_runs_are_reproducible_on_cpu(mnist_small):
+    def run():
+        torch.manual_seed(7)
+        model = MLPVAE(z_dim=4, hidden=(32,))
+        return train.fit(model, neg_elbo, mnist_small, epochs=1, batch_size=64, progress=False, seed=7)["train_loss"]
+    assert run() == run()
+
+
+def test_models_reject_wrong_shapes():
+    with pytest.raises(ValueError, match="unsqueeze"):
+        ConvVAE(z_dim=2).encode(torch.zeros(4, 28, 28))
+    with pytest.raises(ValueError, match=r"\[B, 1, 28, 28\]"):
+        MLPVAE(z_dim=2).encode(torch.zeros(4, 784))
