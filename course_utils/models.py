@@ -9,7 +9,7 @@ Bernoulli likelihood, the mean for a Gaussian one), which is the interface
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn

@@ -75,9 +75,29 @@ def _progress(iterable: Iterable, total: int, desc: str, enabled: bool):
     return tqdm(iterable, total=total, desc=desc, leave=False)
 
 
-def _metrics_of(out: dict) -> dict[str, torch.Tensor]:
-    return {k: v.detach() for k, v in out.items()
-            if isinstance(v, torch.Tensor) and v.dim() == 0 and k not in ("z_loc", "z_logvar")}
+class _EpochMeter:
+    """Batch-size-weighted sums of loss_fn's scalar metrics and q(z|x) statistics, kept on the device."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.latent = LatentStats()
+        self.n = 0
+
+    def update(self, out: dict, batch_size: int) -> None:
+        for k, v in out.items():
+            if isinstance(v, torch.Tensor) and v.dim() == 0:
+                self.sums[k] = self.sums.get(k, 0.0) + v.detach() * batch_size
+        if "z_loc" in out and "z_logvar" in out:
+            self.latent.update(out["z_loc"], out["z_logvar"])
+        self.n += batch_size
+
+    def running(self, key: str = "loss") -> float:
+        return (self.sums[key] / self.n).item()
+
+    def result(self) -> dict[str, object]:
+        result: dict[str, object] = {k: (v / self.n).item() for k, v in self.sums.items()}
+        result.update(self.latent.summary())
+        return result
 
 
 @torch.no_grad()
@@ -85,20 +105,11 @@ def evaluate(model: nn.Module, loss_fn: LossFn, data, batch_size: int = 1000) ->
     """Mean of each metric of ``loss_fn`` over ``data`` (eval mode, no gradients), plus latent stats."""
     was_training = model.training
     model.eval()
-    sums: dict[str, torch.Tensor] = {}
-    stats, n = LatentStats(), 0
+    meter = _EpochMeter()
     for batch in batches(*_as_tuple(data), batch_size=batch_size, shuffle=False):
-        out = loss_fn(model, *batch)
-        b = batch[0].shape[0]
-        for k, v in _metrics_of(out).items():
-            sums[k] = sums.get(k, 0.0) + v * b
-        if "z_loc" in out and "z_logvar" in out:
-            stats.update(out["z_loc"], out["z_logvar"])
-        n += b
+        meter.update(loss_fn(model, *batch), batch[0].shape[0])
     model.train(was_training)
-    result: dict[str, object] = {k: (v / n).item() for k, v in sums.items()}
-    result.update(stats.summary())
-    return result
+    return meter.result()
 
 
 def fit(model: nn.Module, loss_fn: LossFn, train_data, *, epochs: int, batch_size: int = 128,
@@ -153,8 +164,7 @@ def fit(model: nn.Module, loss_fn: LossFn, train_data, *, epochs: int, batch_siz
                 on_epoch_start(epoch)
             model.train()
             start = time.perf_counter()
-            sums: dict[str, torch.Tensor] = {}
-            stats, seen = LatentStats(), 0
+            meter = _EpochMeter()
             step_bar = _progress(batches(*train_data, batch_size=batch_size), steps_per_epoch,
                                  f"epoch {epoch}/{epochs}", progress)
             for step, batch in enumerate(step_bar, 1):
@@ -164,16 +174,10 @@ def fit(model: nn.Module, loss_fn: LossFn, train_data, *, epochs: int, batch_siz
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                # running metrics stay on the device: no host sync per step
-                b = batch[0].shape[0]
-                for k, v in _metrics_of(out).items():
-                    sums[k] = sums.get(k, 0.0) + v * b
-                if "z_loc" in out and "z_logvar" in out:
-                    stats.update(out["z_loc"], out["z_logvar"])
-                seen += b
+                meter.update(out, batch[0].shape[0])  # stays on the device: no host sync per step
                 # NaN/inf guard (one host sync every check_every steps)
                 if step % check_every == 0 or step == steps_per_epoch:
-                    running = (sums["loss"] / seen).item()
+                    running = meter.running("loss")
                     if not torch.isfinite(loss).item() or not torch.isfinite(torch.tensor(running)):
                         raise NonFiniteLossError(f"epoch {epoch}, step {step}: loss is {loss.item()}")
                     good_state = copy.deepcopy(model.state_dict())
@@ -182,9 +186,7 @@ def fit(model: nn.Module, loss_fn: LossFn, train_data, *, epochs: int, batch_siz
             if scheduler is not None:
                 scheduler.step()
             # per-epoch logging (one sync per metric)
-            train_metrics: dict = {k: (v / seen).item() for k, v in sums.items()}
-            train_metrics.update(stats.summary())
-            log("train", train_metrics)
+            log("train", meter.result())
             if test_data is not None:
                 log("test", evaluate(model, loss_fn, test_data))
             history["epoch"].append(epoch)
