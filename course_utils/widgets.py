@@ -12,6 +12,13 @@ import torch
 
 from .plots import image_grid
 
+def _show(fig: plt.Figure) -> None:
+    """Display a figure in the current output (works with any matplotlib backend, Agg included) and free it."""
+    from IPython.display import display
+    display(fig)
+    plt.close(fig)
+
+
 DecodeFn = Callable[[torch.Tensor], torch.Tensor]  # z [M, D] -> images [M, C, H, W] in [0, 1]
 
 
@@ -53,9 +60,7 @@ def latent_explorer(decode_images: DecodeFn, z_dim: int, device: torch.device | 
         z = [s.value for s in sliders] + [0.0] * (z_dim - n_sliders)
         with output:
             output.clear_output(wait=True)
-            fig = draw_latent(decode_images, z, device=device)
-            plt.show(fig)
-            plt.close(fig)
+            _show(draw_latent(decode_images, z, device=device))
 
     for s in sliders:
         s.observe(redraw, names="value")
@@ -75,9 +80,7 @@ def morph_slider(decode_images: DecodeFn, z_start: torch.Tensor, z_end: torch.Te
         z = (1 - slider.value) * z_start + slider.value * z_end
         with output:
             output.clear_output(wait=True)
-            fig = draw_latent(decode_images, z.tolist(), device=z_start.device, title=f"t = {slider.value:.2f}")
-            plt.show(fig)
-            plt.close(fig)
+            _show(draw_latent(decode_images, z.tolist(), device=z_start.device, title=f"t = {slider.value:.2f}"))
 
     slider.observe(redraw, names="value")
     redraw()
