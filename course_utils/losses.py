@@ -18,6 +18,19 @@ import torch.nn.functional as F
 
 LOG_2PI = math.log(2 * math.pi)
 
+_VALIDATE = True
+
+
+def set_validation(enabled: bool) -> None:
+    """Turn the data-range checks of the losses on (default) or off.
+
+    The check that x lies in the likelihood's support reads a value back from the device,
+    which makes the CPU wait for the GPU at every step. Once the data have been checked,
+    a speed-critical GPU loop may switch it off (like ``pyro.enable_validation(False)``).
+    """
+    global _VALIDATE
+    _VALIDATE = bool(enabled)
+
 
 def _sum_except_batch(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], -1).sum(dim=1)  # [B, ...] -> [B]
@@ -48,14 +61,15 @@ def kl_diag_normal(z_loc: torch.Tensor, z_logvar: torch.Tensor,
     return _sum_except_batch(kl)
 
 
-def bernoulli_nll(x_logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def bernoulli_nll(x_logits: torch.Tensor, x: torch.Tensor, validate: bool | None = None) -> torch.Tensor:
     """-log Bernoulli(x | sigmoid(x_logits)) summed over pixels, shape ``[B]``.
 
     Computed from logits (stable for logits of any size). x must lie in [0, 1]: binary
     data, or gray values read as probabilities (notebook 03 shows why that is improper).
+    ``validate`` (default: the setting of ``set_validation``) checks that range; the check costs a host sync.
     """
     _check_same_shape(x_logits, x, "x_logits", "x")
-    if x.numel():
+    if (_VALIDATE if validate is None else validate) and x.numel():
         lo, hi = torch.aminmax(x)
         if lo < 0 or hi > 1:
             raise ValueError(

@@ -84,6 +84,15 @@ def scaled(full: T, quick: T) -> T:
     return quick if is_quick() else full
 
 
+def synchronize(device: torch.device | str) -> None:
+    """Wait until the device has finished its queued work (a no-op on the CPU); time GPU code only after it."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 def describe(device: torch.device | None = None) -> str:
     """One line naming the mode, the device and the torch version, for Setup cells."""
     device = device or get_device()

@@ -30,6 +30,7 @@ def draw_latent(decode_images: DecodeFn, z: Sequence[float], device: torch.devic
     image = decode_images(z_t)
     fig = image_grid(image, nrow=1, scale=3.0)
     fig.suptitle(title or "z = [" + ", ".join(f"{v:+.2f}" for v in z) + "]", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.9))  # leave room for the title above the image
     return fig
 
 

@@ -162,3 +162,16 @@ def test_iw_bound_tightens_with_k():
     elbo = iw_log_likelihood(model, x, k=1, likelihood=lik).mean()
     iw50 = iw_log_likelihood(model, x, k=50, likelihood=lik).mean()
     assert elbo < iw50 < model.exact_log_px(x).mean() + 0.02
+
+
+def test_validation_can_be_switched_off_for_speed():
+    from course_utils import losses
+    bad = torch.tensor([[2.0]])
+    bernoulli_nll(torch.zeros(1, 1), bad, validate=False)  # no check, no error
+    losses.set_validation(False)
+    try:
+        bernoulli_nll(torch.zeros(1, 1), bad)
+    finally:
+        losses.set_validation(True)
+    with pytest.raises(ValueError):
+        bernoulli_nll(torch.zeros(1, 1), bad)
