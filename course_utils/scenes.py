@@ -65,7 +65,7 @@ SATURATION, BRIGHTNESS = 0.8, 0.95           # of the solid's colour (HSV); the 
 DEFAULT_SCALE_RANGE = (0.3, 0.55)            # the solid's size (its radius, about), world units
 DEFAULT_X_RANGE = (-0.55, 0.55)              # where it stands, left to right
 CACHE_VERSION = 1                            # bump when the rendering changes, so that old caches are not reused
-_EPS = 1e-7
+_EPS = 1e-7                                  # below this a direction component or quadric coefficient counts as 0
 
 
 class ColorScenes(NamedTuple):
@@ -180,16 +180,16 @@ def empty_scene(size: int = 64, device: torch.device | str | None = None) -> tor
 # [m, P, 3] or [m, 1, 3]. Each returns the interval (t_in, t_out) of the ray inside the solid,
 # each [m, P]; empty when t_in > t_out.
 # ----------------------------------------------------------------------------------------
-def _safe(v: torch.Tensor) -> torch.Tensor:
-    """v with entries of magnitude below _EPS moved to +-_EPS (for divisions)."""
-    return torch.where(v.abs() < _EPS, torch.where(v < 0, -_EPS, _EPS), v)
-
-
 def _slab(o: torch.Tensor, d: torch.Tensor, half: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Interval of t where |o + t d| <= half (elementwise)."""
-    inv = 1.0 / _safe(d)
-    t1, t2 = (-half - o) * inv, (half - o) * inv
-    return torch.minimum(t1, t2), torch.maximum(t1, t2)
+    """Interval of t where |o + t d| <= half (elementwise). A ray parallel to the slab (d ~ 0) is inside it
+    for every t or for none, depending on where it starts."""
+    parallel = d.abs() < _EPS
+    d = torch.where(parallel, torch.ones_like(d), d)
+    t_low, t_high = (-half - o) / d, (half - o) / d
+    inf = torch.full_like(t_low, math.inf)
+    inside = o.abs() <= half
+    return (torch.where(parallel, torch.where(inside, -inf, inf), torch.minimum(t_low, t_high)),
+            torch.where(parallel, torch.where(inside, inf, -inf), torch.maximum(t_low, t_high)))
 
 
 def _quadric(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
@@ -200,7 +200,7 @@ def _quadric(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
     the set is two half-lines, one in each nappe of the double cone; ``lower_nappe_dy`` (the
     ray's vertical direction) picks the one below the apex: the first if the ray goes up.
     """
-    a = _safe(a)
+    a = torch.where(a.abs() < _EPS, _EPS, a)  # a ray along the cone's side: treated as a tiny positive a
     disc = b * b - a * c
     root = torch.sqrt(disc.clamp_min(0.0))
     r1, r2 = (-b - root) / a, (-b + root) / a
@@ -370,6 +370,23 @@ def _cache_path(key: dict):
     return cache_dir("color_scenes") / f"scenes-n{key['n']}-s{key['size']}-seed{key['seed']}-{digest}.pt"
 
 
+def _read_cache(path) -> dict | None:
+    """The cached set, or None when there is none or the file is unreadable (then it is rendered again)."""
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # truncated by an interrupted write, or from an older torch
+        return None
+
+
+def _write_cache(path, blob: dict) -> None:
+    """Save atomically: a temporary file renamed into place, so a reader never sees half a file."""
+    partial = path.with_name(f"{path.name}.partial{os.getpid()}")
+    torch.save(blob, partial)
+    os.replace(partial, path)
+
+
 def _check_range(name: str, value, low: float, high: float, what: str) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in value)
@@ -415,19 +432,12 @@ def color_scenes(n: int, size: int = 64, seed: int = 0, device: torch.device | s
     key = {"n": n, "size": size, "seed": seed, "shapes": list(shapes),
            "scale_range": [float(v) for v in scale_range], "x_range": [float(v) for v in x_range]}
     path = _cache_path(key) if cache else None
-    blob = None
-    if path is not None and path.exists():
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # a truncated or stale file: render again and overwrite it
-            blob = None
+    blob = _read_cache(path) if path is not None else None
     if blob is None:
         factors = random_factors(n, seed, shapes, scale_range, x_range)
         images = render({k: v.to(device) for k, v in factors.items()}, size=size, chunk=chunk)
         blob = {"images": (images * 255.0).round().to(torch.uint8).cpu(), "factors": factors}
         if path is not None:
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            torch.save(blob, tmp)
-            os.replace(tmp, path)
+            _write_cache(path, blob)
     images = blob["images"].to(device).float().div_(255.0)
     return ColorScenes(images=images, factors={k: v.to(device) for k, v in blob["factors"].items()})
