@@ -41,9 +41,11 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, title: str | None 
     if row_labels:
         for r, label in enumerate(row_labels[:nrows]):
             axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center")
+    title_inches = 0.4 if title else 0.0
     if title:
         fig.suptitle(title)
-    fig.tight_layout(pad=0.2)
+    # keep a band of fixed height for the title, however many rows the grid has
+    fig.tight_layout(pad=0.2, rect=(0, 0, 1, 1 - title_inches / fig.get_figheight()))
     return fig
 
 
