@@ -32,6 +32,7 @@ from pyro.infer import SVI, JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, T
 from torch import nn
 
 from .losses import bernoulli_nll, kl_diag_normal, log_normal_diag
+from .runtime import synchronize
 
 Likelihood = Callable[[torch.Tensor], dist.Distribution]
 
@@ -207,13 +208,6 @@ def make_step(variant: Variant, net: nn.Module, lr: float = 1e-3, name: str = "t
     return checked_step
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
 def time_per_step(step: Callable[[torch.Tensor], None], batches: Sequence[torch.Tensor], steps: int) -> float:
     """Milliseconds per call of ``step`` over ``steps`` calls, cycling over ``batches`` (all one size).
 
@@ -223,11 +217,11 @@ def time_per_step(step: Callable[[torch.Tensor], None], batches: Sequence[torch.
     if steps < 1 or not batches:
         raise ValueError("time_per_step needs steps >= 1 and at least one batch.")
     device = batches[0].device
-    _synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     for i in range(steps):
         step(batches[i % len(batches)])
-    _synchronize(device)
+    synchronize(device)
     return 1000.0 * (time.perf_counter() - start) / steps
 
 
