@@ -188,3 +188,16 @@ def test_gpu_matches_cpu():
     assert torch.equal(cpu.factors["shape_id"], gpu.factors["shape_id"].cpu())
     diff = (cpu.images - gpu.images.cpu()).abs()
     assert (diff > 1e-3).float().mean() < 1e-3  # float rounding may flip a few silhouette pixels
+
+
+def test_axis_angles_read_back_the_rotation():
+    tilt = torch.linspace(0.05, math.pi - 0.05, 7)
+    # about x by pi/2 - tilt puts the axis at (0, sin tilt, cos tilt): up in the image, tilted away from the camera
+    found_tilt, found_azimuth = shapes.axis_angles(rotation_about("x", math.pi / 2 - tilt))
+    torch.testing.assert_close(found_tilt, tilt, atol=1e-5, rtol=0)
+    torch.testing.assert_close(found_azimuth, torch.full_like(tilt, math.pi / 2), atol=1e-5, rtol=0)
+    # a further turn about the camera axis (z) turns the azimuth and leaves the tilt
+    turned = rotation_about("z", torch.full_like(tilt, -math.pi / 2)) @ rotation_about("x", math.pi / 2 - tilt)
+    found_tilt, found_azimuth = shapes.axis_angles(turned)
+    torch.testing.assert_close(found_tilt, tilt, atol=1e-5, rtol=0)
+    torch.testing.assert_close(found_azimuth, torch.zeros_like(tilt), atol=1e-5, rtol=0)
