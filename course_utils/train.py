@@ -133,8 +133,11 @@ def fit(model: nn.Module, loss_fn: LossFn, train_data, *, epochs: int, batch_siz
     are saved to data/cache/checkpoints (key: the name, the model's shapes and this call's
     settings plus ``config``) and a later call with the same key loads them instead of training.
     """
+    optimizer_settings = ([{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+                          if optimizer is not None else "Adam")
     run_config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
-                  "optimizer": type(optimizer).__name__ if optimizer else "Adam", **(config or {})}
+                  "optimizer": [type(optimizer).__name__, optimizer_settings] if optimizer else "Adam",
+                  **(config or {})}
     path = checkpoint_path(cache, model, run_config) if cache else None
     if path is not None and path.exists():
         history = load_checkpoint(path, model)
