@@ -136,6 +136,8 @@ def fit(model: nn.Module, loss_fn: LossFn, train_data, *, epochs: int, batch_siz
     optimizer_settings = ([{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
                           if optimizer is not None else "Adam")
     run_config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+                  "train_shapes": [list(t.shape) for t in _as_tuple(train_data)],
+                  "loss_fn": getattr(loss_fn, "__qualname__", type(loss_fn).__name__),
                   "optimizer": [type(optimizer).__name__, optimizer_settings] if optimizer else "Adam",
                   **(config or {})}
     path = checkpoint_path(cache, model, run_config) if cache else None
