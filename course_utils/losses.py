@@ -36,6 +36,15 @@ def _sum_except_batch(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], -1).sum(dim=1)  # [B, ...] -> [B]
 
 
+def _exp(v: torch.Tensor | float) -> torch.Tensor | float:
+    """exp of a tensor, or of a Python number kept as a Python number.
+
+    A float prior or variance stays a Python scalar in the arithmetic: no tensor is made from it,
+    so nothing is copied from the host to the GPU at every step.
+    """
+    return torch.exp(v) if isinstance(v, torch.Tensor) else math.exp(v)
+
+
 def _check_same_shape(a: torch.Tensor, b: torch.Tensor, a_name: str, b_name: str) -> None:
     if a.shape != b.shape:
         raise ValueError(
@@ -54,9 +63,7 @@ def kl_diag_normal(z_loc: torch.Tensor, z_logvar: torch.Tensor,
     z_loc, z_logvar: ``[B, D]`` (any trailing shape is summed over).
     """
     _check_same_shape(z_loc, z_logvar, "z_loc", "z_logvar")
-    prior_loc = torch.as_tensor(prior_loc, dtype=z_loc.dtype, device=z_loc.device)
-    prior_logvar = torch.as_tensor(prior_logvar, dtype=z_loc.dtype, device=z_loc.device)
-    kl = 0.5 * (torch.exp(z_logvar - prior_logvar) + (z_loc - prior_loc) ** 2 / torch.exp(prior_logvar)
+    kl = 0.5 * (torch.exp(z_logvar - prior_logvar) + (z_loc - prior_loc) ** 2 * _exp(-prior_logvar)
                 - 1.0 - z_logvar + prior_logvar)
     return _sum_except_batch(kl)
 
@@ -88,16 +95,13 @@ def gaussian_nll(x_loc: torch.Tensor, x: torch.Tensor, logvar: torch.Tensor | fl
     Per pixel: 1/2 * (log 2 pi + logvar + (x - x_loc)^2 / exp(logvar)).
     """
     _check_same_shape(x_loc, x, "x_loc", "x")
-    logvar = torch.as_tensor(logvar, dtype=x.dtype, device=x.device)
-    nll = 0.5 * (LOG_2PI + logvar + (x - x_loc) ** 2 * torch.exp(-logvar))
+    nll = 0.5 * (LOG_2PI + logvar + (x - x_loc) ** 2 * _exp(-logvar))
     return _sum_except_batch(nll.expand_as(x))
 
 
 def log_normal_diag(z: torch.Tensor, loc: torch.Tensor | float, logvar: torch.Tensor | float) -> torch.Tensor:
     """log N(z | loc, diag exp(logvar)) summed over the last dimension, shape ``z.shape[:-1]``."""
-    loc = torch.as_tensor(loc, dtype=z.dtype, device=z.device)
-    logvar = torch.as_tensor(logvar, dtype=z.dtype, device=z.device)
-    return (-0.5 * (LOG_2PI + logvar + (z - loc) ** 2 * torch.exp(-logvar))).sum(-1)
+    return (-0.5 * (LOG_2PI + logvar + (z - loc) ** 2 * _exp(-logvar))).sum(-1)
 
 
 # ----------------------------------------------------------------------------------------

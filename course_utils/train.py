@@ -132,6 +132,8 @@ def fit(model: nn.Module, loss_fn: LossFn, train_data, *, epochs: int, batch_siz
     weights of the last good check are restored. With ``cache="name"`` the weights and history
     are saved to data/cache/checkpoints (key: the name, the model's shapes and this call's
     settings plus ``config``) and a later call with the same key loads them instead of training.
+    The loss function enters the key by its name only (``__qualname__``): closures made by one
+    factory share a name, so put what tells them apart into ``config`` (e.g. ``config={"sigma2": s}``).
     """
     optimizer_settings = ([{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
                           if optimizer is not None else "Adam")

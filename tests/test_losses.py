@@ -27,6 +27,20 @@ def test_kl_between_two_diagonal_gaussians():
     torch.testing.assert_close(kl_diag_normal(q_loc, q_logvar, p_loc, p_logvar), kl_divergence(q, p))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_python_number_parameters_equal_tensor_parameters(dtype):
+    # floats take a path with no tensor made from them (no host-to-device copy per step); it must agree
+    z_loc, z_logvar, x, x_loc = (torch.randn(6, 5, dtype=dtype) for _ in range(4))
+    for loc, logvar in [(0.0, 0.0), (0.7, -1.3), (0, 2)]:
+        as_tensor = torch.tensor(float(loc), dtype=dtype), torch.tensor(float(logvar), dtype=dtype)
+        for fn, args in [(kl_diag_normal, (z_loc, z_logvar)), (log_normal_diag, (z_loc,))]:
+            ours = fn(*args, loc, logvar)
+            assert ours.dtype == dtype
+            torch.testing.assert_close(ours, fn(*args, *as_tensor))
+        torch.testing.assert_close(gaussian_nll(x_loc, x, logvar), gaussian_nll(x_loc, x, as_tensor[1]))
+        assert gaussian_nll(x_loc, x, logvar).dtype == dtype
+
+
 def test_kl_is_zero_at_the_prior_and_positive_elsewhere():
     assert torch.all(kl_diag_normal(torch.zeros(3, 5), torch.zeros(3, 5)) == 0)
     assert torch.all(kl_diag_normal(torch.randn(3, 5), torch.randn(3, 5)) > 0)

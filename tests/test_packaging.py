@@ -65,3 +65,13 @@ def test_notebooks_are_committed_without_outputs():
         cells = json.loads(nb.read_text())["cells"]
         dirty = [i for i, c in enumerate(cells) if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))]
         assert not dirty, f"{nb.name}: cells {dirty} carry outputs; strip them before committing"
+
+
+def test_gpu_check_script_parses_and_names_every_stage():
+    # the prepared device script (BENCHMARKS.md's GPU rows) must at least be valid bash with its stages
+    import subprocess
+    script = ROOT / "benchmarks" / "gpu_check.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    for stage in ("bench)", "series)", "warm)", "course_utils.bench", "course_utils.execute", "course_utils.pyro_vae"):
+        assert stage in text, stage

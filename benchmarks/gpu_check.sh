@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The GPU measurements of BENCHMARKS.md in one prepared script, for a session that is lent a GPU.
+#
+# Why a script: device time is short (15 minutes a session, at most 10 per command) and every start costs
+# minutes, so the measurements go in as few calls as possible, each writing its results under $OUT as it
+# goes (what finished comes back even if the call times out).
+#
+# On the development machine, once:
+#     bash ../shared/tools/gpu-wheels.sh        # Pyro + Jupyter kernel wheels into .whl/ (git-ignored)
+# Then one device call per stage, with carry [".whl"] (a later stage on the same warm machine finds the
+# first stage's installs and checkpoint cache still there):
+#     bash benchmarks/gpu_check.sh bench        # make bench + notebook 04's Pyro step table      (~1-2 min)
+#     bash benchmarks/gpu_check.sh series       # every notebook, full mode, cold cache: table     (target < 10 min)
+#     bash benchmarks/gpu_check.sh warm         # the same again with the cache warm: the ratio
+#     bash benchmarks/gpu_check.sh 02           # notebook 02 alone, full mode (the 84-nat target)
+# Any other argument is passed to `course_utils.execute --only` (e.g. `03,05`).
+#
+# Results: $OUT/<stage>.log (tables as printed), $OUT/bench.json, and the executed notebooks of the
+# stage as $OUT/<stage>-nb.tar.gz (outputs included, for the figures and the numbers in them).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+stage=${1:?usage: bash benchmarks/gpu_check.sh bench|series|warm|NN[,NN]}
+OUT=${OUT:-build/gpu}
+mkdir -p "$OUT"
+
+# The device machine has torch but neither Pyro nor Jupyter and no network: install the carried wheels.
+if ! python3 -c "import pyro, nbclient, ipykernel" 2>/dev/null; then
+    if ls .whl/*.whl >/dev/null 2>&1; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+    else
+        echo "no .whl/ here: run 'bash ../shared/tools/gpu-wheels.sh' first and carry .whl" >&2
+    fi
+fi
+export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/site/bin:$PATH
+
+log="$OUT/$stage.log"
+{
+    date -u +"%Y-%m-%d %H:%M UTC"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+    python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+} > "$log" 2>&1
+
+run() {  # a command, its output, its exit status and its wall time, into the stage's log
+    echo "\$ $*" >> "$log"
+    local start=$(date +%s.%N) rc
+    "$@" >> "$log" 2>&1; rc=$?
+    echo "exit $rc, wall $(python3 -c "print(f'{$(date +%s.%N) - $start:.1f}')") s" >> "$log"
+}
+
+case "$stage" in
+    bench)
+        run python3 -m course_utils.bench --json "$OUT/bench.json"
+        run python3 -m course_utils.pyro_vae --batch-sizes 256 1024
+        ;;
+    series)
+        rm -rf data/cache/checkpoints  # a cold first run; the generated data sets are rebuilt too
+        rm -rf data/cache/depth_shapes data/cache/color_scenes
+        run python3 -m course_utils.execute --out "build/$stage"
+        ;;
+    warm)
+        run python3 -m course_utils.execute --out "build/$stage"
+        ;;
+    *)
+        run python3 -m course_utils.execute --only "$stage" --out "build/$stage"
+        ;;
+esac
+if [ -d "build/$stage" ]; then
+    tar -czf "$OUT/$stage-nb.tar.gz" --exclude='*.html' -C build "$stage"
+fi
+cat "$log"
