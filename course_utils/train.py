@@ -132,8 +132,9 @@ def fit(model: nn.Module, loss_fn: LossFn, train_data, *, epochs: int, batch_siz
     weights of the last good check are restored. With ``cache="name"`` the weights and history
     are saved to data/cache/checkpoints (key: the name, the model's shapes and this call's
     settings plus ``config``) and a later call with the same key loads them instead of training.
-    The loss function enters the key by its name only (``__qualname__``): closures made by one
-    factory share a name, so put what tells them apart into ``config`` (e.g. ``config={"sigma2": s}``).
+    The loss function and the learning-rate schedule enter the key by their names only (``__qualname__``):
+    closures made by one factory share a name, and every lambda is ``<lambda>``, so put what tells them
+    apart into ``config`` (e.g. ``config={"sigma2": s}``).
     """
     optimizer_settings = ([{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
                           if optimizer is not None else "Adam")
@@ -141,6 +142,8 @@ def fit(model: nn.Module, loss_fn: LossFn, train_data, *, epochs: int, batch_siz
                   "train_shapes": [list(t.shape) for t in _as_tuple(train_data)],
                   "loss_fn": getattr(loss_fn, "__qualname__", type(loss_fn).__name__),
                   "optimizer": [type(optimizer).__name__, optimizer_settings] if optimizer else "Adam",
+                  **({"lr_schedule": getattr(lr_schedule, "__qualname__", type(lr_schedule).__name__)}
+                     if lr_schedule else {}),
                   **(config or {})}
     path = checkpoint_path(cache, model, run_config) if cache else None
     if path is not None and path.exists():

@@ -103,7 +103,14 @@ def test_fit_reloads_from_its_cache(mnist_small):
     more = train.fit(ConvVAE(z_dim=4, channels=(8, 16), hidden=32), neg_elbo, mnist_small[:256], epochs=1,
                      batch_size=128, progress=False, cache="tiny")
     assert not more["loaded_from_cache"]
-    assert len(list(files[0].parent.glob("tiny-*.pt"))) == 3
+    # and so is a learning-rate schedule
+    def halving(optimizer):
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+
+    scheduled = train.fit(ConvVAE(z_dim=4, channels=(8, 16), hidden=32), neg_elbo, mnist_small, epochs=1,
+                          batch_size=128, lr_schedule=halving, progress=False, cache="tiny")
+    assert not scheduled["loaded_from_cache"]
+    assert len(list(files[0].parent.glob("tiny-*.pt"))) == 4
 
 
 def test_seeded_runs_are_reproducible_on_cpu(mnist_small):
