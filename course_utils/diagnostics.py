@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from torch import nn
 
+from .losses import log_normal_diag
+
 if TYPE_CHECKING:  # matplotlib is imported only when a dashboard is drawn (train.py imports this module)
     import matplotlib.pyplot as plt
 
@@ -129,7 +131,7 @@ def aggregate_kl(z_loc: torch.Tensor, z_logvar: torch.Tensor, n_samples: int = 2
     pick = torch.randint(0, n, (n_samples,), generator=generator).to(z_loc.device)
     eps = torch.randn(n_samples, d, generator=generator).to(z_loc.device)
     z = z_loc[pick] + torch.exp(0.5 * z_logvar[pick]) * eps                            # [n_samples, D]
-    log_p = -0.5 * (z.double() ** 2).sum(1) - 0.5 * d * math.log(2 * math.pi)
+    log_p = log_normal_diag(z.double(), 0.0, 0.0)                                          # log N(z; 0, I)
     return float((log_aggregate_density(z, z_loc, z_logvar) - log_p).mean())
 
 

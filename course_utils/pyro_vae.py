@@ -276,6 +276,7 @@ def format_table(rows: Sequence[dict], device_name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     from .data import binarize, mnist_tensors
     from .models import MLPVAE
+    from .bench import device_name  # bench imports this module only inside its functions: no cycle
     from .runtime import describe, get_device
 
     parser = argparse.ArgumentParser(description="Time per step: hand-written VAE vs Pyro (notebook 04's table).")
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = step_time_table(lambda: MLPVAE(z_dim=20, hidden=(400,)).to(device), x, batch_sizes=args.batch_sizes,
                            steps=args.steps, rounds=args.rounds, warmup=args.warmup)
     print(describe(device))
-    print(format_table(rows, str(device) if device.type != "cuda" else torch.cuda.get_device_name(device)))
+    print(format_table(rows, device_name(device)))
     return 0
 
 

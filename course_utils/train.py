@@ -136,14 +136,15 @@ def fit(model: nn.Module, loss_fn: LossFn, train_data, *, epochs: int, batch_siz
     closures made by one factory share a name, and every lambda is ``<lambda>``, so put what tells them
     apart into ``config`` (e.g. ``config={"sigma2": s}``).
     """
-    optimizer_settings = ([{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-                          if optimizer is not None else "Adam")
+    def name(fn) -> str:
+        return getattr(fn, "__qualname__", type(fn).__name__)
+
     run_config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
-                  "train_shapes": [list(t.shape) for t in _as_tuple(train_data)],
-                  "loss_fn": getattr(loss_fn, "__qualname__", type(loss_fn).__name__),
-                  "optimizer": [type(optimizer).__name__, optimizer_settings] if optimizer else "Adam",
-                  **({"lr_schedule": getattr(lr_schedule, "__qualname__", type(lr_schedule).__name__)}
-                     if lr_schedule else {}),
+                  "train_shapes": [list(t.shape) for t in _as_tuple(train_data)], "loss_fn": name(loss_fn),
+                  "optimizer": "Adam" if optimizer is None else [
+                      type(optimizer).__name__,
+                      [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]],
+                  **({"lr_schedule": name(lr_schedule)} if lr_schedule else {}),
                   **(config or {})}
     path = checkpoint_path(cache, model, run_config) if cache else None
     if path is not None and path.exists():
