@@ -20,13 +20,12 @@ Same model, same initial weights, same batch size, same step; warm-up steps are 
 device is synchronized before the clock starts and after the last step.
 
 Part 2 times one optimization step of ``MLPVAE`` as Pyro SVI and as hand-written PyTorch on the
-same batches (notebook 04's table), through ``course_utils.pyro_vae`` when it is there.
+same batches (notebook 04's table), through ``course_utils.pyro_vae``.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib
 import itertools
 import json
 import math
@@ -43,7 +42,7 @@ import torch
 from .data import batches, binarize, load_mnist, to_float
 from .losses import bernoulli_nll, kl_diag_normal
 from .models import ConvConfig, ConvVAE, MLPVAE
-from .runtime import get_device, is_quick, synchronize
+from .runtime import get_device, is_quick, synchronize, time_steps  # noqa: F401 (time_steps: bench's timer)
 
 Step = Callable[[torch.Tensor], None]
 
@@ -120,24 +119,6 @@ def conv_vae_step(model: ConvVAE, lr: float = 1e-3) -> Step:
     return step
 
 
-def time_steps(step: Step, source: Iterator[torch.Tensor], device: torch.device, *, steps: int,
-               warmup: int) -> float:
-    """Seconds for ``steps`` calls of ``step`` on batches drawn from ``source``, after ``warmup`` untimed ones.
-
-    Drawing the batch is inside the clock: that is the pipeline being measured.
-    """
-    if steps < 1 or warmup < 0:
-        raise ValueError(f"time_steps needs steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}.")
-    for _ in range(warmup):
-        step(next(source))
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step(next(source))
-    synchronize(device)
-    return time.perf_counter() - start
-
-
 def throughput_rows(images: torch.Tensor, labels: torch.Tensor, device: torch.device, *, batch_size: int,
                     steps: int, warmup: int, num_workers: Sequence[int], seed: int = 0) -> list[dict]:
     """Images per second of the conv VAE fed by course batches and by a DataLoader per ``num_workers``.
@@ -175,38 +156,6 @@ def throughput_rows(images: torch.Tensor, labels: torch.Tensor, device: torch.de
 # ----------------------------------------------------------------------------------------
 # Part 2: Pyro vs hand-written (notebook 04)
 # ----------------------------------------------------------------------------------------
-def _minimal_variants():
-    """A self-contained Pyro model/guide around MLPVAE, for when ``course_utils.pyro_vae`` is missing."""
-    import pyro
-    import pyro.distributions as dist
-    from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
-
-    def make_step(elbo_class, net: MLPVAE) -> Step:
-        if elbo_class is None:
-            return conv_vae_step(net)  # the hand-written negative ELBO and Adam, as for the conv VAE
-        pyro.clear_param_store()
-
-        def model(x):
-            pyro.module("vae", net)
-            with pyro.plate("data", x.shape[0]), pyro.poutine.scale(scale=1.0 / x.shape[0]):
-                z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], net.decoder[0].in_features), 1.0)
-                                .to_event(1))  # [B, D]
-                pyro.sample("x", dist.Bernoulli(logits=net.decode(z)).to_event(3), obs=x)
-
-        def guide(x):
-            pyro.module("vae", net)
-            with pyro.plate("data", x.shape[0]), pyro.poutine.scale(scale=1.0 / x.shape[0]):
-                z_loc, z_logvar = net.encode(x)
-                pyro.sample("z", dist.Normal(z_loc, torch.exp(0.5 * z_logvar)).to_event(1))
-
-        svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), loss=elbo_class())
-        return lambda x: svi.step(x)
-
-    variants = [("hand-written (torch Adam)", None), ("SVI + Trace_ELBO", Trace_ELBO),
-                ("SVI + TraceMeanField_ELBO", TraceMeanField_ELBO)]
-    return make_step, variants
-
-
 def _wanted(variant, include_jit: bool, few: bool) -> bool:
     """Which of ``pyro_vae.VARIANTS`` to time: JIT ones only on request; ``few`` keeps the plain
     hand-written step and SVI with each ELBO at Pyro's defaults."""
@@ -217,40 +166,23 @@ def _wanted(variant, include_jit: bool, few: bool) -> bool:
 
 
 def pyro_rows(x: torch.Tensor, *, batch_size: int, steps: int, warmup: int, include_jit: bool = False,
-              few: bool = False, seed: int = 0) -> tuple[str, list[dict]]:
+              few: bool = False, seed: int = 0) -> list[dict]:
     """Milliseconds per step of ``MLPVAE(z_dim=20)`` trained hand-written and with Pyro on the same batches.
 
     x: binary images ``[N, 1, 28, 28]`` on the device, N >= batch_size. ``few`` times only the
-    hand-written step and SVI with Trace_ELBO and TraceMeanField_ELBO. Returns (where the Pyro code
-    came from, rows ``{"variant", "ms_per_step", "ratio"}``) with ratio = ms / the hand-written ms.
+    hand-written step and SVI with Trace_ELBO and TraceMeanField_ELBO. Returns rows
+    ``{"variant", "ms_per_step", "ratio"}`` (notebook 04's ``pyro_vae.step_time_table``) with
+    ratio = ms / the hand-written ms.
     """
+    from . import pyro_vae  # Pyro is imported only when this part runs
+
     def make_net() -> MLPVAE:
         return MLPVAE(z_dim=20, hidden=(400,)).to(x.device)
 
-    try:  # notebook 04's own timer and variants, when that module is there
-        pyro_vae = importlib.import_module(f"{__package__}.pyro_vae")
-        table, variants = pyro_vae.step_time_table, [v for v in pyro_vae.VARIANTS if _wanted(v, include_jit, few)]
-    except (ImportError, AttributeError) as e:
-        table = None
-        origin = f"minimal model/guide in course_utils.bench (course_utils.pyro_vae unusable: {e})"
-    if table is not None:
-        rows = table(make_net, x, batch_sizes=(batch_size,), variants=variants, steps=steps, warmup=warmup, seed=seed)
-        return "course_utils.pyro_vae.step_time_table", [
-            {"variant": r["variant"], "ms_per_step": r["ms_per_step"], "ratio": r["ratio"]} for r in rows]
-
-    import pyro
-    make_step, variants = _minimal_variants()
-    fixed = [x[i:i + batch_size] for i in range(0, x.shape[0] - batch_size + 1, batch_size)]
-    rows, reference = [], None
-    for name, variant in variants:
-        torch.manual_seed(seed)
-        seconds = time_steps(make_step(variant, make_net()), itertools.cycle(fixed), x.device, steps=steps,
-                             warmup=warmup)
-        ms = 1000.0 * seconds / steps
-        reference = reference or ms  # the first variant is the hand-written step
-        rows.append({"variant": name, "ms_per_step": ms, "ratio": ms / reference})
-    pyro.clear_param_store()
-    return origin, rows
+    variants = [v for v in pyro_vae.VARIANTS if _wanted(v, include_jit, few)]
+    rows = pyro_vae.step_time_table(make_net, x, batch_sizes=(batch_size,), variants=variants, steps=steps,
+                                    warmup=warmup, seed=seed)
+    return [{"variant": r["variant"], "ms_per_step": r["ms_per_step"], "ratio": r["ratio"]} for r in rows]
 
 
 # ----------------------------------------------------------------------------------------
@@ -269,7 +201,7 @@ def run(*, device: torch.device, steps: int, warmup: int, batch_size: int, num_w
     best_loader = max(loaders, key=lambda r: r["images_per_s"]) if loaders else None
     n_pyro = min(len(images), 4 * pyro_batch_size)
     x_pyro = binarize(to_float(images[:n_pyro].to(device)), generator=torch.Generator(device).manual_seed(seed))
-    origin, pyro_table = pyro_rows(x_pyro, batch_size=pyro_batch_size, steps=steps, warmup=warmup,
+    pyro_table = pyro_rows(x_pyro, batch_size=pyro_batch_size, steps=steps, warmup=warmup,
                                    include_jit=include_jit, few=few_variants, seed=seed)
     by_name = {r["variant"]: r for r in pyro_table}
     headline = by_name.get("SVI + TraceMeanField_ELBO") or pyro_table[-1]
@@ -285,7 +217,7 @@ def run(*, device: torch.device, steps: int, warmup: int, batch_size: int, num_w
         "throughput": throughput,
         "ratio_vs_best_loader": course["images_per_s"] / best_loader["images_per_s"] if best_loader else None,
         "best_loader": best_loader["pipeline"] if best_loader else None,
-        "pyro": {"source": origin, "batch_size": pyro_batch_size, "rows": pyro_table,
+        "pyro": {"source": "course_utils.pyro_vae.step_time_table", "batch_size": pyro_batch_size, "rows": pyro_table,
                  "headline_variant": headline["variant"], "ratio": headline["ratio"]},
     }
 

@@ -190,6 +190,24 @@ def batches(*tensors: torch.Tensor, batch_size: int, shuffle: bool = True,
         yield tuple(t[idx] for t in tensors)
 
 
+@torch.no_grad()
+def map_batches(fn, x: torch.Tensor, batch_size: int = 1000):
+    """``fn`` applied to ``x`` in slices of ``batch_size`` along the first dimension, outputs concatenated.
+
+    For evaluation over a whole data set without running out of memory: no gradients are kept.
+    ``fn`` returns a tensor ``[b, ...]`` (the result is ``[N, ...]``) or a tuple of them (a tuple of
+    concatenations), e.g. ``z_loc, z_logvar = map_batches(model.encode, x_test)``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    if x.shape[0] == 0:
+        raise ValueError("map_batches() got an empty tensor: there is nothing to apply fn to.")
+    outs = [fn(x[start:start + batch_size]) for start in range(0, x.shape[0], batch_size)]
+    if isinstance(outs[0], tuple):
+        return tuple(torch.cat(parts) for parts in zip(*outs))
+    return torch.cat(outs)
+
+
 def mnist_tensors(split: str = "train", device: torch.device | str = "cpu", limit: int | None = None,
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """MNIST as float images in [0, 1] ``[N, 1, 28, 28]`` and labels ``[N]`` on ``device``.

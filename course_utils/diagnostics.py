@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from torch import nn
 
+from .data import map_batches
 from .losses import log_normal_diag
 
 if TYPE_CHECKING:  # matplotlib is imported only when a dashboard is drawn (train.py imports this module)
@@ -135,18 +136,14 @@ def aggregate_kl(z_loc: torch.Tensor, z_logvar: torch.Tensor, n_samples: int = 2
     return float((log_aggregate_density(z, z_loc, z_logvar) - log_p).mean())
 
 
-@torch.no_grad()
 def encode_dataset(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
     """(z_loc, z_logvar) ``[N, D]`` of ``model.encode`` over ``x`` in eval mode, batch by batch."""
     was_training = model.training
     model.eval()
-    locs, logvars = [], []
-    for start in range(0, x.shape[0], batch_size):
-        z_loc, z_logvar = model.encode(x[start:start + batch_size])
-        locs.append(z_loc.flatten(1))
-        logvars.append(z_logvar.flatten(1))
-    model.train(was_training)
-    return torch.cat(locs), torch.cat(logvars)
+    try:
+        return map_batches(lambda xb: tuple(t.flatten(1) for t in model.encode(xb)), x, batch_size)
+    finally:
+        model.train(was_training)
 
 
 class LatentStats:

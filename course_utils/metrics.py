@@ -16,7 +16,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .data import mnist_tensors
+from .data import map_batches, mnist_tensors
 from .runtime import get_device, scaled
 from .train import fit
 
@@ -78,19 +78,17 @@ def mnist_classifier(device: torch.device | str | None = None, progress: bool = 
     return model
 
 
-@torch.no_grad()
 def classifier_features(images: torch.Tensor, classifier: MNISTClassifier | None = None,
                         batch_size: int = 1000) -> torch.Tensor:
     """Features ``[N, 128]`` of images ``[N, 1, 28, 28]`` in [0, 1]."""
     classifier = classifier or mnist_classifier(images.device)
-    return torch.cat([classifier.features(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+    return map_batches(classifier.features, images, batch_size)
 
 
-@torch.no_grad()
 def classifier_confidence(images: torch.Tensor, classifier: MNISTClassifier | None = None) -> torch.Tensor:
     """Top softmax probability per image, shape ``[N]``."""
     classifier = classifier or mnist_classifier(images.device)
-    return torch.cat([F.softmax(classifier(images[i:i + 1000]), dim=1).amax(1) for i in range(0, len(images), 1000)])
+    return map_batches(lambda batch: F.softmax(classifier(batch), dim=1).amax(1), images)
 
 
 def frechet_distance_from_features(feat_a: torch.Tensor, feat_b: torch.Tensor) -> float:

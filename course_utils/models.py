@@ -92,6 +92,7 @@ class ConvVAE(nn.Module):
         super().__init__()
         config = config or ConvConfig(**overrides)
         self.config = config
+        self.z_dim = config.z_dim
         self.encoder = ConvEncoder(config)
         self.decoder = ConvDecoder(config)
 
@@ -120,7 +121,7 @@ class MLPVAE(nn.Module):
     def __init__(self, *, image_shape: tuple[int, int, int] = (1, 28, 28), z_dim: int = 20,
                  hidden: tuple[int, ...] = (400,)):
         super().__init__()
-        self.image_shape = image_shape
+        self.image_shape, self.z_dim = image_shape, z_dim
         d = math.prod(image_shape)
         enc, prev = [nn.Flatten()], d
         for h in hidden:

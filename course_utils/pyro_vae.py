@@ -20,7 +20,7 @@ References: Kingma & Welling 2014 (the VAE); Bingham et al. 2019 (Pyro); Pyro's
 from __future__ import annotations
 
 import argparse
-import time
+import itertools
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -32,7 +32,7 @@ from pyro.infer import SVI, JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, T
 from torch import nn
 
 from .losses import bernoulli_nll, kl_diag_normal, log_normal_diag
-from .runtime import synchronize
+from .runtime import time_steps
 
 Likelihood = Callable[[torch.Tensor], dist.Distribution]
 
@@ -43,17 +43,12 @@ def bernoulli_likelihood(x_logits: torch.Tensor) -> dist.Distribution:
 
 
 def latent_size(net: nn.Module) -> int:
-    """The latent size of a course network: ``net.z_dim``, ``net.config.z_dim`` or the decoder's input width."""
-    if isinstance(getattr(net, "z_dim", None), int):
-        return net.z_dim
-    if isinstance(getattr(getattr(net, "config", None), "z_dim", None), int):
-        return net.config.z_dim
-    decoder = getattr(net, "decoder", None)
-    first = next((m for m in decoder.modules() if isinstance(m, nn.Linear)), None) if decoder is not None else None
-    if first is None:
-        raise TypeError(f"cannot tell the latent size of {type(net).__name__}: give it a `z_dim` attribute "
-                        "or pass z_dim=... to PyroVAE.")
-    return first.in_features
+    """The latent size of a network: its ``z_dim`` attribute (every course model has one)."""
+    z_dim = getattr(net, "z_dim", None)
+    if not isinstance(z_dim, int):
+        raise TypeError(f"cannot tell the latent size of {type(net).__name__}: give it an integer `z_dim` "
+                        "attribute or pass z_dim=... to PyroVAE.")
+    return z_dim
 
 
 class PyroVAE:
@@ -211,18 +206,12 @@ def make_step(variant: Variant, net: nn.Module, lr: float = 1e-3, name: str = "t
 def time_per_step(step: Callable[[torch.Tensor], None], batches: Sequence[torch.Tensor], steps: int) -> float:
     """Milliseconds per call of ``step`` over ``steps`` calls, cycling over ``batches`` (all one size).
 
-    The device is synchronized before the clock starts and after the last step, so work still
-    queued on a GPU is counted. Warm up first (JIT compilation, allocator, cuDNN choices).
+    ``runtime.time_steps`` keeps the clock: the device is synchronized before it starts and after the
+    last step, so work still queued on a GPU is counted. Warm up first (JIT compilation, allocator, cuDNN).
     """
-    if steps < 1 or not batches:
-        raise ValueError("time_per_step needs steps >= 1 and at least one batch.")
-    device = batches[0].device
-    synchronize(device)
-    start = time.perf_counter()
-    for i in range(steps):
-        step(batches[i % len(batches)])
-    synchronize(device)
-    return 1000.0 * (time.perf_counter() - start) / steps
+    if not batches:
+        raise ValueError("time_per_step needs at least one batch.")
+    return 1000.0 * time_steps(step, itertools.cycle(batches), batches[0].device, steps=steps) / steps
 
 
 def step_time_table(make_net: Callable[[], nn.Module], x: torch.Tensor, *, batch_sizes: Sequence[int] = (256, 1024),

@@ -5,12 +5,15 @@ Every notebook's Setup cell calls these three things::
     device = get_device()          # cuda > mps > cpu
     seed_everything(0)             # python, numpy, torch (and pyro, if installed)
     EPOCHS = scaled(full=30, quick=1)   # quick mode is set by COURSE_QUICK=1
+
+and, for measurements, ``synchronize(device)`` and the step timer ``time_steps``.
 """
 from __future__ import annotations
 
 import os
 import random
-from typing import TypeVar
+import time
+from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -91,6 +94,25 @@ def synchronize(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+def time_steps(step: Callable[[T], object], source: Iterator[T], device: torch.device | str, *, steps: int,
+               warmup: int = 0) -> float:
+    """Seconds for ``steps`` calls of ``step`` on items drawn from ``source``, after ``warmup`` untimed calls.
+
+    The device is synchronized before the clock starts and after the last call, so work still queued
+    on a GPU is counted. Drawing from ``source`` is inside the clock (an input pipeline is part of a step).
+    """
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"time_steps needs steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}.")
+    for _ in range(warmup):
+        step(next(source))
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(next(source))
+    synchronize(device)
+    return time.perf_counter() - start
 
 
 def describe(device: torch.device | None = None) -> str:

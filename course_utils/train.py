@@ -118,7 +118,8 @@ def fit(model: nn.Module, loss_fn: LossFn, train_data, *, epochs: int, batch_siz
         test_data=None, cache: str | None = None, config: dict | None = None,
         on_epoch_start: Callable[[int], None] | None = None,
         on_epoch_end: Callable[[dict], None] | None = None,
-        check_every: int = 50, progress: bool = True, seed: int | None = None) -> dict:
+        check_every: int = 50, record_steps: bool = False, progress: bool = True,
+        seed: int | None = None) -> dict:
     """Train ``model`` for ``epochs`` passes over ``train_data`` and return the history.
 
     train_data / test_data: a tensor or a tuple of tensors on the model's device
@@ -126,6 +127,8 @@ def fit(model: nn.Module, loss_fn: LossFn, train_data, *, epochs: int, batch_siz
     per-epoch lists: ``epoch``, ``seconds``, ``train_<metric>``, ``test_<metric>``, and for
     models that return z_loc/z_logvar ``train_mean_mu``, ``train_mean_sigma``, ``..._kl_d``...
     ``history["stopped"]`` is ``"completed"``, ``"interrupted"`` (Ctrl-C) or ``"non-finite"``.
+    ``record_steps=True`` adds ``history["step_loss"]``: the loss of every training step of every
+    completed epoch, kept on the device and copied once per epoch (for curves finer than epochs).
 
     Safety: the loss is checked for NaN/inf every ``check_every`` steps and at the end of each
     epoch (a check costs one host sync); on a bad value training stops with a message and the
@@ -145,6 +148,7 @@ def fit(model: nn.Module, loss_fn: LossFn, train_data, *, epochs: int, batch_siz
                       type(optimizer).__name__,
                       [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]],
                   **({"lr_schedule": name(lr_schedule)} if lr_schedule else {}),
+                  **({"record_steps": True} if record_steps else {}),
                   **(config or {})}
     path = checkpoint_path(cache, model, run_config) if cache else None
     if path is not None and path.exists():
@@ -163,6 +167,7 @@ def fit(model: nn.Module, loss_fn: LossFn, train_data, *, epochs: int, batch_siz
     steps_per_epoch = -(-n_train // batch_size)
     history: dict = {"epoch": [], "seconds": [], "stopped": "completed", "loaded_from_cache": False}
     good_state = copy.deepcopy(model.state_dict())
+    step_losses: list[torch.Tensor] = []  # this epoch's step losses, on the device (record_steps)
 
     def log(prefix: str, metrics: dict) -> None:
         for k, v in metrics.items():
@@ -186,6 +191,8 @@ def fit(model: nn.Module, loss_fn: LossFn, train_data, *, epochs: int, batch_siz
                 loss.backward()
                 optimizer.step()
                 meter.update(out, batch[0].shape[0])  # stays on the device: no host sync per step
+                if record_steps:
+                    step_losses.append(loss.detach())
                 # NaN/inf guard (one host sync every check_every steps)
                 if step % check_every == 0 or step == steps_per_epoch:
                     running = meter.running("loss")
@@ -198,6 +205,9 @@ def fit(model: nn.Module, loss_fn: LossFn, train_data, *, epochs: int, batch_siz
                 scheduler.step()
             # per-epoch logging (one sync per metric)
             log("train", meter.result())
+            if record_steps:
+                history.setdefault("step_loss", []).extend(torch.stack(step_losses).tolist())
+                step_losses.clear()
             if test_data is not None:
                 log("test", evaluate(model, loss_fn, test_data))
             history["epoch"].append(epoch)

@@ -119,3 +119,17 @@ def test_mnist_tensors_are_floats_in_unit_interval():
     x, y = data.mnist_tensors("test", limit=100)
     assert x.shape == (100, 1, 28, 28) and x.dtype == torch.float32
     assert 0 <= x.min() and x.max() <= 1 and y.shape == (100,)
+
+
+def test_map_batches_equals_one_pass_and_splits_tuples():
+    x = torch.randn(2503, 7)
+    weight = torch.randn(7, 3, requires_grad=True)
+    out = data.map_batches(lambda b: b @ weight, x, batch_size=1000)
+    assert out.shape == (2503, 3) and not out.requires_grad
+    torch.testing.assert_close(out, (x @ weight).detach())
+    first, second = data.map_batches(lambda b: (b[:, :2], b.sum(1)), x, batch_size=300)
+    assert torch.equal(first, x[:, :2]) and torch.allclose(second, x.sum(1))
+    with pytest.raises(ValueError, match="positive"):
+        data.map_batches(lambda b: b, x, batch_size=0)
+    with pytest.raises(ValueError, match="empty"):
+        data.map_batches(lambda b: b, x[:0])

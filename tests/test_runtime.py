@@ -46,3 +46,13 @@ def test_quick_mode_and_scaled(monkeypatch):
     assert not runtime.is_quick() and runtime.scaled(full=60, quick=1) == 60
     monkeypatch.delenv("COURSE_QUICK")
     assert not runtime.is_quick()
+
+
+def test_time_steps_draws_warmup_then_timed_items():
+    calls = []
+    seconds = runtime.time_steps(calls.append, iter(range(10)), "cpu", steps=3, warmup=2)
+    assert calls == [0, 1, 2, 3, 4] and seconds >= 0.0
+    with pytest.raises(ValueError, match="steps >= 1"):
+        runtime.time_steps(calls.append, iter(range(10)), "cpu", steps=0)
+    with pytest.raises(StopIteration):  # a source that runs dry is not silently timed short
+        runtime.time_steps(calls.append, iter(range(2)), "cpu", steps=3)

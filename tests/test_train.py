@@ -113,6 +113,28 @@ def test_fit_reloads_from_its_cache(mnist_small):
     assert len(list(files[0].parent.glob("tiny-*.pt"))) == 4
 
 
+def test_record_steps_keeps_every_step_loss_and_is_cached_under_its_own_key(mnist_small):
+    torch.manual_seed(0)
+    model = MLPVAE(z_dim=4, hidden=(32,))
+    seen = []
+
+    def watched(m, x):
+        out = neg_elbo(m, x)
+        if m.training:
+            seen.append(out["loss"].item())
+        return out
+
+    history = train.fit(model, watched, mnist_small, epochs=2, batch_size=100, record_steps=True, progress=False,
+                        cache="steps")
+    assert len(history["step_loss"]) == 2 * 6  # 512 images, batch 100: 6 steps an epoch
+    assert history["step_loss"] == pytest.approx(seen)
+    assert "step_loss" not in train.fit(MLPVAE(z_dim=4, hidden=(32,)), watched, mnist_small, epochs=2,
+                                        batch_size=100, progress=False, cache="steps")  # another key: retrained
+    again = train.fit(MLPVAE(z_dim=4, hidden=(32,)), watched, mnist_small, epochs=2, batch_size=100,
+                      record_steps=True, progress=False, cache="steps")
+    assert again["loaded_from_cache"] and again["step_loss"] == history["step_loss"]
+
+
 def test_seeded_runs_are_reproducible_on_cpu(mnist_small):
     def run():
         torch.manual_seed(7)
