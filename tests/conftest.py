@@ -1,4 +1,8 @@
 import os
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,3 +14,14 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def lab_args() -> list[str]:
+    """The arguments `make lab` (the README's door) gives `jupyter lab`, read with `make -n`: nothing runs."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(["make", "-n", "-s", "lab"], cwd=root, capture_output=True, text=True, check=True).stdout
+    line = [line for line in out.splitlines() if "jupyter lab" in line][-1]
+    return shlex.split(line.split("jupyter lab", 1)[1])

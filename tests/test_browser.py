@@ -123,7 +123,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture
-def jupyter_lab(tmp_path):
+def jupyter_lab(tmp_path, lab_args):
     """A JupyterLab server on a free 127.0.0.1 port serving ``tmp_path/work``; yields (base_url, token, folder)."""
     work = tmp_path / "work"
     work.mkdir()
@@ -134,10 +134,10 @@ def jupyter_lab(tmp_path):
                JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"),
                PATH=f"{JUPYTER.parent}{os.pathsep}{os.environ.get('PATH', '')}")
     quiet_lab_settings(tmp_path / "settings")
-    command = [str(JUPYTER), "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}", "--ServerApp.port_retries=0",
-               f"--ServerApp.token={token}", f"--notebook-dir={work}"]
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        command.append("--allow-root")
+    # the arguments of `make lab`, the learner's door (e.g. --allow-root as root), but this test's folder
+    door = [arg for arg in lab_args if not arg.startswith("--notebook-dir")]
+    command = [str(JUPYTER), "lab", *door, "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+               "--ServerApp.port_retries=0", f"--ServerApp.token={token}", f"--notebook-dir={work}"]
     log = tmp_path / "jupyter.log"
     with open(log, "wb") as log_file:
         proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=work,

@@ -1,4 +1,5 @@
 """environment.yml and pyproject.toml list the same packages; the project's doors exist."""
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -75,3 +76,9 @@ def test_gpu_check_script_parses_and_names_every_stage():
     text = script.read_text()
     for stage in ("bench)", "series)", "warm)", "course_utils.bench", "course_utils.execute", "course_utils.pyro_vae"):
         assert stage in text, stage
+
+
+def test_make_lab_serves_the_notebooks_and_starts_as_root_too(lab_args):
+    assert "--notebook-dir=notebooks" in lab_args
+    # JupyterLab exits at once as root without --allow-root; the browser test starts it with these arguments
+    assert ("--allow-root" in lab_args) == (os.geteuid() == 0), lab_args
