@@ -30,9 +30,7 @@ import itertools
 import json
 import math
 import os
-import platform
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -42,17 +40,9 @@ import torch
 from .data import batches, binarize, load_mnist, to_float
 from .losses import bernoulli_nll, kl_diag_normal
 from .models import ConvConfig, ConvVAE, MLPVAE
-from .runtime import get_device, is_quick, synchronize, time_steps  # noqa: F401 (time_steps: bench's timer)
+from .runtime import device_name, get_device, is_quick, time_steps
 
 Step = Callable[[torch.Tensor], None]
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    if device.type == "cpu":
-        return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
-    return device.type
 
 
 # ----------------------------------------------------------------------------------------
@@ -217,7 +207,7 @@ def run(*, device: torch.device, steps: int, warmup: int, batch_size: int, num_w
         "throughput": throughput,
         "ratio_vs_best_loader": course["images_per_s"] / best_loader["images_per_s"] if best_loader else None,
         "best_loader": best_loader["pipeline"] if best_loader else None,
-        "pyro": {"source": "course_utils.pyro_vae.step_time_table", "batch_size": pyro_batch_size, "rows": pyro_table,
+        "pyro": {"batch_size": pyro_batch_size, "rows": pyro_table,
                  "headline_variant": headline["variant"], "ratio": headline["ratio"]},
     }
 
@@ -245,8 +235,6 @@ def format_report(report: dict) -> str:
     lines += [
         "",
         f"## Time per step: MLPVAE(z_dim=20) as Pyro SVI vs hand-written, batch size {pyro['batch_size']}",
-        "",
-        f"Pyro code: {pyro['source']}",
         "",
         "| variant | ms/step | x hand-written |",
         "|---|---:|---:|",

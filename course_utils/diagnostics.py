@@ -268,11 +268,11 @@ class LiveDashboard:
 
     def __call__(self, history: dict) -> None:
         epoch = history["epoch"][-1] if history.get("epoch") else 0
-        if epoch % self.every == 0:
+        if epoch % self.every == 0 or history.get("loaded_from_cache"):  # a loaded run is drawn whatever its length
             self.update(history)
 
     def update(self, history: dict) -> None:
-        """Redraw now (call it once after a cached ``fit``, which trains no epochs)."""
+        """Redraw now, whatever the epoch (``fit`` calls the dashboard once for a run loaded from its cache)."""
         import matplotlib.pyplot as plt
 
         if self.fig is None:

@@ -16,12 +16,7 @@ import time
 from pathlib import Path
 
 from .data import PROJECT_ROOT
-from .runtime import get_device
-
-
-def torch_device_name(device) -> str:
-    import torch
-    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
+from .runtime import device_name, get_device
 
 
 def execute_notebook(path: Path, out_dir: Path, quick: bool, timeout: int | None = None) -> tuple[float, str | None]:
@@ -67,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out).resolve()
     mode = "quick" if args.quick else "full"
     device = get_device()
-    device_name = torch_device_name(device)
-    print(f"Executing {len(notebooks)} notebooks in {mode} mode on {device_name}", flush=True)
+    on = f"{device.type} ({device_name(device)})"
+    print(f"Executing {len(notebooks)} notebooks in {mode} mode on {on}", flush=True)
     rows, failed = [], 0
     for nb in notebooks:
         print(f"  {nb.name} ...", end=" ", flush=True)
@@ -77,11 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((nb.name, seconds, error))
         failed += error is not None
     total = sum(s for _, s, _ in rows)
-    print(f"\n| notebook | wall time (s) | status |\n|---|---:|---|")
+    print("\n| notebook | wall time (s) | status |\n|---|---:|---|")
     for name, seconds, error in rows:
         print(f"| {name} | {seconds:.1f} | {'FAILED' if error else 'ok'} |")
     print(f"| **total** | **{total:.1f}** | {len(rows) - failed}/{len(rows)} ok |")
-    print(f"\nmode={mode}; device={device_name}; executed copies and HTML in {out_dir}")
+    print(f"\nmode={mode}; device={on}; executed copies and HTML in {out_dir}")
     return 1 if failed else 0
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import itertools
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import pyro
 import pyro.distributions as dist
@@ -265,8 +265,7 @@ def format_table(rows: Sequence[dict], device_name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     from .data import binarize, mnist_tensors
     from .models import MLPVAE
-    from .bench import device_name  # bench imports this module only inside its functions: no cycle
-    from .runtime import describe, get_device
+    from .runtime import describe, device_name, get_device
 
     parser = argparse.ArgumentParser(description="Time per step: hand-written VAE vs Pyro (notebook 04's table).")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 1024])

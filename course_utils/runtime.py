@@ -6,11 +6,12 @@ Every notebook's Setup cell calls these three things::
     seed_everything(0)             # python, numpy, torch (and pyro, if installed)
     EPOCHS = scaled(full=30, quick=1)   # quick mode is set by COURSE_QUICK=1
 
-and, for measurements, ``synchronize(device)`` and the step timer ``time_steps``.
+and, for measurements, ``synchronize(device)``, the step timer ``time_steps`` and ``device_name``.
 """
 from __future__ import annotations
 
 import os
+import platform
 import random
 import time
 from typing import Callable, Iterator, TypeVar
@@ -115,9 +116,18 @@ def time_steps(step: Callable[[T], object], source: Iterator[T], device: torch.d
     return time.perf_counter() - start
 
 
+def device_name(device: torch.device | str) -> str:
+    """What a timing ran on, for tables: the GPU's model, or the CPU's architecture, cores and torch threads."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+    return device.type
+
+
 def describe(device: torch.device | None = None) -> str:
     """One line naming the mode, the device and the torch version, for Setup cells."""
     device = device or get_device()
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     mode = "quick" if is_quick() else "full"
-    return f"mode={mode} device={device} ({name}) torch={torch.__version__}"
+    return f"mode={mode} device={device} ({device_name(device)}) torch={torch.__version__}"

@@ -134,7 +134,8 @@ def fit(model: nn.Module, loss_fn: LossFn, train_data, *, epochs: int, batch_siz
     epoch (a check costs one host sync); on a bad value training stops with a message and the
     weights of the last good check are restored. With ``cache="name"`` the weights and history
     are saved to data/cache/checkpoints (key: the name, the model's shapes and this call's
-    settings plus ``config``) and a later call with the same key loads them instead of training.
+    settings plus ``config``) and a later call with the same key loads them instead of training;
+    ``on_epoch_end`` is then called once, with the loaded history.
     The loss function and the learning-rate schedule enter the key by their names only (``__qualname__``):
     closures made by one factory share a name, and every lambda is ``<lambda>``, so put what tells them
     apart into ``config`` (e.g. ``config={"sigma2": s}``).
@@ -156,6 +157,8 @@ def fit(model: nn.Module, loss_fn: LossFn, train_data, *, epochs: int, batch_siz
         print(f"Loaded cached run '{cache}' from {path.name} ({len(history.get('epoch', []))} epochs, "
               f"trained in {sum(history.get('seconds', [0])):.1f} s). Delete data/cache/ to retrain.")
         history["loaded_from_cache"] = True
+        if on_epoch_end is not None:  # no epoch runs: show the loaded run once (e.g. a live dashboard draws it)
+            on_epoch_end(history)
         return history
 
     if seed is not None:

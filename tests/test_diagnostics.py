@@ -149,6 +149,8 @@ def test_fit_history_matches_a_second_pass_with_the_functions(tiny_run, capsys):
     history = train.fit(model, neg_elbo, x_train, test_data=x_test, epochs=3, batch_size=64, progress=False,
                         on_epoch_end=dashboard)
     assert dashboard.updates == 1  # epochs 2 only
+    dashboard(dict(history, loaded_from_cache=True))  # fit's call for a cached run: drawn though 3 % 2 != 0
+    assert dashboard.updates == 2
     assert "epoch 2:" in capsys.readouterr().out  # outside IPython it prints a line per update
     z_loc, z_logvar = diagnostics.encode_dataset(model, x_test, batch_size=50)
     assert z_loc.shape == (128, 6) and model.training is True  # the mode is restored

@@ -56,3 +56,9 @@ def test_time_steps_draws_warmup_then_timed_items():
         runtime.time_steps(calls.append, iter(range(10)), "cpu", steps=0)
     with pytest.raises(StopIteration):  # a source that runs dry is not silently timed short
         runtime.time_steps(calls.append, iter(range(2)), "cpu", steps=3)
+
+
+def test_device_name_says_what_a_cpu_timing_ran_on():
+    name = runtime.device_name("cpu")
+    assert name.startswith("CPU (") and f"{torch.get_num_threads()} torch threads" in name
+    assert name in runtime.describe(torch.device("cpu"))

@@ -90,8 +90,11 @@ def test_fit_reloads_from_its_cache(mnist_small):
         calls.append(1)
         return neg_elbo(m, x)
 
-    again = train.fit(fresh, counting_neg_elbo, mnist_small, epochs=1, batch_size=128, progress=False, cache="tiny")
+    shown = []
+    again = train.fit(fresh, counting_neg_elbo, mnist_small, epochs=1, batch_size=128, progress=False, cache="tiny",
+                      on_epoch_end=shown.append)
     assert not calls, "a cached run must not train again"
+    assert shown == [again], "on_epoch_end sees a loaded run once, with its history"
     assert again["loaded_from_cache"] and again["train_loss"] == history["train_loss"]
     for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
         assert torch.equal(a, b)
