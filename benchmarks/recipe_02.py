@@ -1,0 +1,103 @@
+"""Notebook 02's large model and training recipe, run for a set number of epochs on any device.
+
+Why: notebook 02's target (at most 84.0 nats, k = 5000, after at most 30 s of training on one H100) mixes two
+questions: how many epochs the recipe needs to reach 84 nats, and how many epochs a GPU runs in 30 s. The
+first does not depend on the device, so it can be answered on a CPU, slowly; the notebook then only has to be
+timed on a GPU. This script answers the first: it trains the notebook's own `VAE` with the notebook's own
+`train_within_budget` (read from the .ipynb, so they cannot drift apart) for `--epochs` epochs, the
+learning-rate schedule driven by steps, and scores the importance-weighted log-likelihood on an evenly spaced
+subset of the fixed test binarization (every (10000 / n)-th digit, so not the easy first digits).
+
+    python benchmarks/recipe_02.py --epochs 30                       # the GPU recipe: batch 512, peak lr 3e-3
+    python benchmarks/recipe_02.py --epochs 2 --batch 128 --lr 2e-3  # the notebook's CPU full-mode recipe
+    python benchmarks/recipe_02.py --budget-s 30 --epochs 100        # as the notebook on a GPU: the clock stops it
+
+Prints one JSON line (device, recipe, steps, training seconds, test -ELBO, IW NLL with its standard error).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import time
+from pathlib import Path
+
+import nbformat
+import torch
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "02_bernoulli_vae.ipynb"
+# The code cells that define the model, the loss and the training loop (the first code cell, the set-up, runs too).
+DEFINITIONS = ("class VAEConfig", "class Decoder", "class VAE(nn.Module)", "def bernoulli_recon",
+               "def with_fresh_binarization", "class TrainConfig")
+
+
+def notebook_namespace(notebook: Path = NOTEBOOK) -> dict:
+    """Run notebook 02's set-up cell and its definition cells; return their namespace."""
+    cells = [c.source for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "code"]
+    namespace: dict = {}
+    exec(compile(cells[0], f"{notebook.name} (set-up cell)", "exec"), namespace)
+    for marker in DEFINITIONS:
+        found = [c for c in cells if marker in c]
+        if len(found) != 1:
+            raise RuntimeError(f"{notebook.name}: expected one code cell containing {marker!r}, found {len(found)}; "
+                               "update DEFINITIONS in benchmarks/recipe_02.py to match the notebook.")
+        source = found[0].split("\nmodel = ")[0]  # the model cell ends with a demonstration on test digits
+        exec(compile(source, f"{notebook.name} ({marker})", "exec"), namespace)
+    seed = re.search(r"^TEST_BINARIZATION_SEED = (\d+)", "\n".join(cells), flags=re.M)
+    if seed is None:
+        raise RuntimeError(f"{notebook.name}: TEST_BINARIZATION_SEED not found.")
+    namespace["TEST_BINARIZATION_SEED"] = int(seed.group(1))
+    return namespace
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=30, help="passes over the training set (default 30)")
+    parser.add_argument("--budget-s", type=float, default=math.inf, help="wall-clock limit on training (default none)")
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    parser.add_argument("--n-train", type=int, default=60_000)
+    parser.add_argument("--k", type=int, default=5000, help="importance samples per test digit")
+    parser.add_argument("--n-eval", type=int, default=500, help="test digits scored, evenly spaced over the 10,000")
+    parser.add_argument("--max-decode", type=int, default=10_000, help="images decoded at once (memory)")
+    args = parser.parse_args(argv)
+    if not 1 <= args.n_eval <= 10_000:
+        parser.error("--n-eval must be between 1 and 10000")
+
+    nb = notebook_namespace()
+    data, runtime, train, device = nb["data"], nb["runtime"], nb["train"], nb["device"]
+    from course_utils.losses import iw_log_likelihood
+
+    x_train, _ = data.mnist_tensors("train", device, limit=args.n_train)
+    x_test_gray, _ = data.mnist_tensors("test", "cpu")
+    generator = torch.Generator().manual_seed(nb["TEST_BINARIZATION_SEED"])
+    x_test = data.binarize(x_test_gray, generator=generator).to(device)  # the notebook's fixed binarization
+    x_eval = x_test[torch.linspace(0, len(x_test) - 1, args.n_eval).round().long()]
+
+    cfg = nb["TrainConfig"](time_budget_s=args.budget_s, max_epochs=args.epochs, batch_size=args.batch,
+                            peak_lr=args.lr)
+    runtime.seed_everything(0)
+    model = nb["VAE"](nb["VAEConfig"]()).to(device)
+    history = nb["train_within_budget"](model, nb["train_neg_elbo"], x_train, cfg, x_monitor=x_test[:2000])
+    model.eval()
+    start = time.perf_counter()
+    log_px = iw_log_likelihood(model, x_eval, k=args.k, max_decode=args.max_decode,
+                               generator=torch.Generator(device).manual_seed(2))
+    eval_seconds = time.perf_counter() - start
+    result = {
+        "device": runtime.device_name(device), "epochs": round(history["epoch"][-1], 2), "steps": history["steps"],
+        "batch": args.batch, "peak_lr": args.lr, "n_train": len(x_train),
+        "train_seconds": round(history["train_seconds"], 1),
+        "monitor_neg_elbo_by_epoch": [round(v, 2) for v in history["test_loss"]],
+        "test_neg_elbo": round(train.evaluate(model, nb["neg_elbo"], x_test)["loss"], 2),
+        "k": args.k, "n_eval": args.n_eval, "iw_nll": round(-log_px.mean().item(), 2),
+        "iw_se": round(log_px.std().item() / math.sqrt(args.n_eval), 2) if args.n_eval > 1 else None,
+        "eval_seconds": round(eval_seconds, 1),
+    }
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""benchmarks/recipe_02.py runs notebook 02's own model and training loop, read from the notebook."""
+import importlib.util
+import math
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    spec = importlib.util.spec_from_file_location("recipe_02", ROOT / "benchmarks" / "recipe_02.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_run_trains_the_notebooks_model_and_scores_it(recipe, monkeypatch):
+    monkeypatch.setenv("COURSE_DEVICE", "cpu")
+    result = recipe.main(["--epochs", "2", "--n-train", "1024", "--batch", "256", "--k", "20", "--n-eval", "16"])
+    assert result["steps"] == 2 * (1024 // 256) and result["epochs"] == 2.0
+    assert len(result["monitor_neg_elbo_by_epoch"]) == 2
+    untrained = 784 * math.log(2)  # about what a fresh decoder pays per image
+    # eight steps at the recipe's warm-up learning rate already move the model off the starting line
+    assert result["test_neg_elbo"] < untrained - 50, result
+    assert 0 < result["iw_nll"] < result["test_neg_elbo"] + 3 * result["iw_se"], result
+
+
+def test_the_notebooks_definitions_are_all_found(recipe):
+    namespace = recipe.notebook_namespace()
+    for name in ("VAE", "VAEConfig", "neg_elbo", "train_neg_elbo", "TrainConfig", "train_within_budget"):
+        assert name in namespace, name
+    assert namespace["TEST_BINARIZATION_SEED"] == 0
+
+
+def test_a_renamed_cell_is_reported_clearly(recipe, tmp_path):
+    nb = nbformat.read(recipe.NOTEBOOK, as_version=4)
+    for cell in nb.cells:
+        cell.source = cell.source.replace("class TrainConfig", "class TrainingConfig")
+    changed = tmp_path / "02.ipynb"
+    nbformat.write(nb, changed)
+    with pytest.raises(RuntimeError, match="class TrainConfig.*update DEFINITIONS"):
+        recipe.notebook_namespace(changed)
