@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--budget-s", type=float, default=math.inf, help="wall-clock limit on training (default none)")
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    parser.add_argument("--decay", type=float, default=None,
+                        help="final fraction of the run with a falling learning rate (default: the notebook's)")
     parser.add_argument("--channels", type=int, nargs=2, metavar=("C1", "C2"), default=None,
                         help="channels of the two convolutions (default: the notebook's VAEConfig)")
     parser.add_argument("--hidden", type=int, default=None,
@@ -83,8 +85,9 @@ def main(argv: list[str] | None = None) -> dict:
     x_test = data.binarize(x_test_gray, generator=generator).to(device)  # the notebook's fixed binarization
     x_eval = x_test[torch.linspace(0, len(x_test) - 1, args.n_eval).round().long()]
 
+    schedule = {} if args.decay is None else {"decay": args.decay}
     cfg = nb["TrainConfig"](time_budget_s=args.budget_s, max_epochs=args.epochs, batch_size=args.batch,
-                            peak_lr=args.lr)
+                            peak_lr=args.lr, **schedule)
     sizes = {"channels": tuple(args.channels)} if args.channels else {}
     if args.hidden:
         sizes["hidden"] = args.hidden
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     eval_seconds = time.perf_counter() - start
     result = {
         "device": runtime.device_name(device), "epochs": round(history["epoch"][-1], 2), "steps": history["steps"],
-        "batch": args.batch, "peak_lr": args.lr, "n_train": len(x_train),
+        "batch": args.batch, "peak_lr": args.lr, "warmup": cfg.warmup, "decay": cfg.decay, "n_train": len(x_train),
         "channels": list(model_cfg.channels), "hidden": model_cfg.hidden, "z_dim": model_cfg.z_dim,
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_seconds": round(history["train_seconds"], 1),
