@@ -54,7 +54,8 @@ def notebook_namespace(notebook: Path = NOTEBOOK) -> dict:
     return namespace
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also read by the tests, which parse benchmarks/gpu_check.sh's calls with it)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=30, help="passes over the training set (default 30)")
     parser.add_argument("--budget-s", type=float, default=math.inf, help="wall-clock limit on training (default none)")
@@ -71,6 +72,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--n-eval", type=int, default=1000,
                         help="test digits scored, evenly spaced over the 10,000 (default 1000)")
     parser.add_argument("--max-decode", type=int, default=10_000, help="images decoded at once (memory)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not 1 <= args.n_eval <= 10_000:
         parser.error("--n-eval must be between 1 and 10000")

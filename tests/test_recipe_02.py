@@ -49,3 +49,16 @@ def test_a_renamed_cell_is_reported_clearly(recipe, tmp_path):
     nbformat.write(nb, changed)
     with pytest.raises(RuntimeError, match="class TrainConfig.*update DEFINITIONS"):
         recipe.notebook_namespace(changed)
+
+
+def test_the_device_scripts_recipe_calls_parse(recipe):
+    # benchmarks/gpu_check.sh runs the recipe on a GPU, where a typo would waste scarce device time
+    import shlex
+    lines = [line for line in (ROOT / "benchmarks" / "gpu_check.sh").read_text().splitlines()
+             if "benchmarks/recipe_02.py" in line and not line.lstrip().startswith("#")]
+    assert len(lines) >= 3, lines
+    for line in lines:
+        args = recipe.build_parser().parse_args(shlex.split(line.split("benchmarks/recipe_02.py", 1)[1]))
+        assert args.budget_s == 30, line  # the notebook's budget, on the clock, not a number of epochs
+    headline = recipe.build_parser().parse_args(shlex.split(lines[0].split("recipe_02.py", 1)[1]))
+    assert (headline.k, headline.n_eval, headline.batch, headline.lr) == (5000, 10_000, 512, 3e-3)
