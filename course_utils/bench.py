@@ -4,8 +4,9 @@ and the time per step of the Pyro VAE vs the hand-written one (issue 10, BENCHMA
     python -m course_utils.bench                         # best device, 300 timed steps per row
     python -m course_utils.bench --device cpu --quick --json bench.json
 
-Part 1 trains notebook 02's model (``ConvVAE(ConvConfig(z_dim=32))``, Bernoulli negative ELBO,
-dynamic binarization, Adam) for a fixed number of steps, fed two ways, side by side in one run:
+Part 1 trains notebook 02's large model (``NOTEBOOK_02_MODEL``: z = 32, channels 64 and 128, 1,024 hidden
+units; Bernoulli negative ELBO, dynamic binarization, Adam) for a fixed number of steps, at notebook 02's
+batch size on a GPU (512; 128 elsewhere), fed two ways, side by side in one run:
 
 - **course batches**: all of MNIST lives on the device as floats; ``course_utils.data.batches``
   slices shuffled mini-batches there and ``binarize`` draws the binary images there;
@@ -40,6 +41,10 @@ import torch
 from .data import batches, binarize, load_mnist, to_float
 from .losses import bernoulli_nll, kl_diag_normal
 from .models import ConvConfig, ConvVAE, MLPVAE
+
+# Notebook 02's `BIG = VAEConfig(z_dim=32, channels=(64, 128), hidden=1024)`, written with the course's ConvVAE
+# (the same layers; tests/test_recipe_02.py checks that the two have the same weights' shapes).
+NOTEBOOK_02_MODEL = ConvConfig(z_dim=32, channels=(64, 128), hidden=1024)
 from .runtime import device_name, get_device, is_quick, time_steps
 
 Step = Callable[[torch.Tensor], None]
@@ -132,7 +137,7 @@ def throughput_rows(images: torch.Tensor, labels: torch.Tensor, device: torch.de
     rows = []
     for pipeline, workers, make_source in sources:
         torch.manual_seed(seed)
-        model = ConvVAE(ConvConfig(z_dim=32)).to(device)
+        model = ConvVAE(NOTEBOOK_02_MODEL).to(device)
         source = make_source()
         try:
             seconds = time_steps(conv_vae_step(model), source, device, steps=steps, warmup=warmup)
@@ -203,6 +208,8 @@ def run(*, device: torch.device, steps: int, warmup: int, batch_size: int, num_w
         "steps": steps,
         "warmup": warmup,
         "batch_size": batch_size,
+        "model": f"ConvVAE(z_dim={NOTEBOOK_02_MODEL.z_dim}, channels={NOTEBOOK_02_MODEL.channels}, "
+                 f"hidden={NOTEBOOK_02_MODEL.hidden})",
         "images": len(images),
         "throughput": throughput,
         "ratio_vs_best_loader": course["images_per_s"] / best_loader["images_per_s"] if best_loader else None,
@@ -215,7 +222,7 @@ def run(*, device: torch.device, steps: int, warmup: int, batch_size: int, num_w
 def format_report(report: dict) -> str:
     """The report as markdown: a header line, the throughput table, the Pyro table."""
     lines = [
-        "## Throughput: conv VAE (ConvConfig(z_dim=32)), Bernoulli negative ELBO, dynamic binarization, Adam",
+        f"## Throughput: notebook 02's {report['model']}, Bernoulli negative ELBO, dynamic binarization, Adam",
         "",
         f"device: {report['device']} ({report['device_name']}) | torch {report['torch']} | {report['date']} | "
         f"{report['steps']} timed steps after {report['warmup']} warm-up | batch size {report['batch_size']} | "
@@ -252,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per row (default 300, quick 3)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 30, quick 1)")
-    parser.add_argument("--batch-size", type=int, default=None, help="images per step (default 128, quick 32)")
+    parser.add_argument("--batch-size", type=int, default=None, help="images per step (default 512 on a GPU, else 128; quick 32)")
     parser.add_argument("--num-workers", type=int, nargs="+", default=None,
                         help="DataLoader worker counts, one row each (default: 0 and min(4, CPU cores); quick: 0)")
     parser.add_argument("--pyro-batch-size", type=int, default=None, help="default: --batch-size")
@@ -264,12 +271,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     steps = args.steps if args.steps is not None else (3 if args.quick else 300)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 30)
-    batch_size = args.batch_size if args.batch_size is not None else (32 if args.quick else 128)
+    device = get_device(args.device)
+    notebook_batch = 512 if device.type == "cuda" else 128  # notebook 02's full-mode batch on this device class
+    batch_size = args.batch_size if args.batch_size is not None else (32 if args.quick else notebook_batch)
     default_workers = [0] if args.quick else sorted({0, min(4, os.cpu_count() or 1)})  # 4, or fewer on small machines
     num_workers = args.num_workers if args.num_workers is not None else default_workers
     if steps < 1 or batch_size < 1 or warmup < 0 or any(w < 0 for w in num_workers) or (args.pyro_batch_size or 1) < 1:
         parser.error("--steps and --batch-size must be positive; --warmup and --num-workers not negative.")
-    report = run(device=get_device(args.device), steps=steps, warmup=warmup, batch_size=batch_size,
+    report = run(device=device, steps=steps, warmup=warmup, batch_size=batch_size,
                  num_workers=num_workers, pyro_batch_size=args.pyro_batch_size or batch_size,
                  limit=1024 if args.quick else None, include_jit=args.jit, few_variants=args.quick)
     report["command"] = " ".join(["python -m course_utils.bench", *(sys.argv[1:] if argv is None else argv)])

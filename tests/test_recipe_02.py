@@ -41,6 +41,16 @@ def test_the_notebooks_definitions_are_all_found(recipe):
     assert namespace["TEST_BINARIZATION_SEED"] == 0
 
 
+def test_the_recipe_trains_the_notebooks_large_model(recipe):
+    # the script builds VAEConfig() with its defaults: they must be the notebook's z = 32 model, BIG
+    import re
+    sources = [c.source for c in nbformat.read(recipe.NOTEBOOK, as_version=4).cells if c.cell_type == "code"]
+    lines = [m.group(1) for src in sources for m in [re.search(r"^BIG = (VAEConfig\(.*\))$", src, flags=re.M)] if m]
+    assert len(lines) == 1, lines
+    namespace = recipe.notebook_namespace()
+    assert eval(lines[0], namespace) == namespace["VAEConfig"](), lines[0]
+
+
 def test_a_renamed_cell_is_reported_clearly(recipe, tmp_path):
     nb = nbformat.read(recipe.NOTEBOOK, as_version=4)
     for cell in nb.cells:
@@ -62,3 +72,22 @@ def test_the_device_scripts_recipe_calls_parse(recipe):
         assert args.budget_s == 30, line  # the notebook's budget, on the clock, not a number of epochs
     headline = recipe.build_parser().parse_args(shlex.split(lines[0].split("recipe_02.py", 1)[1]))
     assert (headline.k, headline.n_eval, headline.batch, headline.lr) == (5000, 10_000, 512, 3e-3)
+
+
+def test_the_throughput_benchmark_trains_the_same_model(recipe):
+    # course_utils.bench times "notebook 02's model" with the course's ConvVAE: the same layers, so the same
+    # weights' shapes in the same order (the notebook's two heads, to_loc and to_logvar, are one layer there)
+    import torch
+    from course_utils import bench
+    from course_utils.models import ConvVAE
+    namespace = recipe.notebook_namespace()
+    notebook = namespace["VAE"](namespace["VAEConfig"]())
+    course = ConvVAE(bench.NOTEBOOK_02_MODEL)
+    assert sum(p.numel() for p in notebook.parameters()) == sum(p.numel() for p in course.parameters())
+    shapes = lambda m: sorted(tuple(p.shape) for p in m.parameters() if p.dim() > 1)
+    heads = [s for s in shapes(notebook) if s[0] == 32]  # to_loc, to_logvar: [32, hidden] each
+    assert len(heads) == 2
+    merged = sorted([s for s in shapes(notebook) if s[0] != 32] + [(64, heads[0][1])])  # the two heads as one
+    assert merged == shapes(course), (shapes(notebook), shapes(course))
+    x = torch.zeros(2, 1, 28, 28)
+    assert notebook.decode(torch.zeros(2, 32)).shape == course.decode(torch.zeros(2, 32)).shape == x.shape
