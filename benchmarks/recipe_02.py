@@ -13,7 +13,7 @@ k = 1000 on 1,000 digits, about 5 minutes on a 2-core CPU.
     python benchmarks/recipe_02.py --epochs 60 --k 5000 --n-eval 10000   # the notebook's GPU scoring (slow on a CPU)
     python benchmarks/recipe_02.py --epochs 2 --batch 128 --lr 2e-3  # the notebook's CPU full-mode recipe
     python benchmarks/recipe_02.py --budget-s 30 --epochs 100        # as the notebook on a GPU: the clock stops it
-    python benchmarks/recipe_02.py --epochs 30 --hidden 1024         # a wider model (also --channels C1 C2)
+    python benchmarks/recipe_02.py --epochs 30 --hidden 512          # the narrower model of before (also --channels)
 
 Prints one JSON line (device, recipe, steps, training seconds, test -ELBO, IW NLL with its standard error).
 """
