@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hidden", type=int, default=None,
                         help="width of the fully connected layers (default: the notebook's VAEConfig)")
     parser.add_argument("--n-train", type=int, default=60_000)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds the initialization, batch order and binarization (the test set's stays fixed)")
     parser.add_argument("--k", type=int, default=1000, help="importance samples per test digit (default 1000)")
     parser.add_argument("--n-eval", type=int, default=1000,
                         help="test digits scored, evenly spaced over the 10,000 (default 1000)")
@@ -93,12 +95,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     schedule = {} if args.decay is None else {"decay": args.decay}
     cfg = nb["TrainConfig"](time_budget_s=args.budget_s, max_epochs=args.epochs, batch_size=args.batch,
-                            peak_lr=args.lr, **schedule)
+                            peak_lr=args.lr, seed=args.seed, **schedule)
     sizes = {"channels": tuple(args.channels)} if args.channels else {}
     if args.hidden:
         sizes["hidden"] = args.hidden
     model_cfg = nb["VAEConfig"](**sizes)
-    runtime.seed_everything(0)
+    runtime.seed_everything(args.seed)
     model = nb["VAE"](model_cfg).to(device)
     history = nb["train_within_budget"](model, nb["train_neg_elbo"], x_train, cfg, x_monitor=x_test[:2000])
     model.eval()
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     eval_seconds = time.perf_counter() - start
     result = {
         "device": runtime.device_name(device), "epochs": round(history["epoch"][-1], 2), "steps": history["steps"],
-        "batch": args.batch, "peak_lr": args.lr, "warmup": cfg.warmup, "decay": cfg.decay, "n_train": len(x_train),
+        "seed": args.seed, "batch": args.batch, "peak_lr": args.lr, "warmup": cfg.warmup, "decay": cfg.decay, "n_train": len(x_train),
         "channels": list(model_cfg.channels), "hidden": model_cfg.hidden, "z_dim": model_cfg.z_dim,
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_seconds": round(history["train_seconds"], 1),

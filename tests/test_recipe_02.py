@@ -21,12 +21,12 @@ def recipe():
 def test_tiny_run_trains_the_notebooks_model_and_scores_it(recipe, monkeypatch):
     monkeypatch.setenv("COURSE_DEVICE", "cpu")
     result = recipe.main(["--epochs", "2", "--n-train", "1024", "--batch", "256", "--k", "20", "--n-eval", "16",
-                          "--channels", "16", "32", "--hidden", "128", "--decay", "0.9"])
+                          "--channels", "16", "32", "--hidden", "128", "--decay", "0.9", "--seed", "3"])
     assert result["steps"] == 2 * (1024 // 256) and result["epochs"] == 2.0
     assert len(result["monitor_neg_elbo_by_epoch"]) == 2 and len(result["train_neg_elbo_by_epoch"]) == 2
     assert result["channels"] == [16, 32] and result["hidden"] == 128 and result["z_dim"] == 32
     namespace = recipe.notebook_namespace()
-    assert result["decay"] == 0.9 and result["warmup"] == namespace["TrainConfig"]().warmup
+    assert result["decay"] == 0.9 and result["warmup"] == namespace["TrainConfig"]().warmup and result["seed"] == 3
     smaller = namespace["VAE"](namespace["VAEConfig"](channels=(16, 32), hidden=128))
     assert result["parameters"] == sum(p.numel() for p in smaller.parameters())
     untrained = 784 * math.log(2)  # about what a fresh decoder pays per image
