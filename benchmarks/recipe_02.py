@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
     eval_seconds = time.perf_counter() - start
     result = {
         "device": runtime.device_name(device), "epochs": round(history["epoch"][-1], 2), "steps": history["steps"],
-        "seed": args.seed, "batch": args.batch, "peak_lr": args.lr, "warmup": cfg.warmup, "decay": cfg.decay, "n_train": len(x_train),
+        "seed": args.seed, "batch": args.batch, "peak_lr": args.lr, "warmup": cfg.warmup, "decay": cfg.decay,
+        "n_train": len(x_train),
         "channels": list(model_cfg.channels), "hidden": model_cfg.hidden, "z_dim": model_cfg.z_dim,
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_seconds": round(history["train_seconds"], 1),
