@@ -35,6 +35,20 @@ if TYPE_CHECKING:  # matplotlib is imported only when a dashboard is drawn (trai
 ACTIVE_THRESHOLD = 0.01
 
 
+def has_float64(device: torch.device) -> bool:
+    """False for Apple GPUs (``mps``), which have no float64 ("Cannot convert a MPS Tensor to float64")."""
+    return torch.device(device).type != "mps"
+
+
+def as_float64(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float64: on its own device where that device has float64, else on the CPU.
+
+    For the one-off computations below (a covariance's log-determinant, a mixture density), whose
+    precision matters more than where they run.
+    """
+    return (t if has_float64(t.device) else t.cpu()).double()
+
+
 def _check_latents(z_loc: torch.Tensor, z_logvar: torch.Tensor | None = None) -> None:
     if z_loc.dim() != 2:
         raise ValueError(f"expected z_loc of shape [N, D] (one row per data point), got {tuple(z_loc.shape)}; "
@@ -88,7 +102,7 @@ def aggregate_gaussian_kl(z_loc: torch.Tensor, z_logvar: torch.Tensor) -> float:
     between dimensions that the per-dimension moments miss. Computed in float64.
     """
     _check_latents(z_loc, z_logvar)
-    mu, var = z_loc.double(), torch.exp(z_logvar.double())
+    mu, var = as_float64(z_loc), torch.exp(as_float64(z_logvar))
     mean = mu.mean(dim=0)
     centered = mu - mean
     cov = centered.T @ centered / mu.shape[0] + torch.diag(var.mean(dim=0))  # [D, D]
@@ -106,7 +120,7 @@ def log_aggregate_density(z: torch.Tensor, z_loc: torch.Tensor, z_logvar: torch.
     _check_latents(z_loc, z_logvar)
     if z.dim() != 2 or z.shape[1] != z_loc.shape[1]:
         raise ValueError(f"expected points z of shape [M, {z_loc.shape[1]}], got {tuple(z.shape)}.")
-    z, z_loc, z_logvar = z.double(), z_loc.double(), z_logvar.double()
+    z, z_loc, z_logvar = as_float64(z), as_float64(z_loc), as_float64(z_logvar)
     inv_var = torch.exp(-z_logvar)                                                      # [N, D]
     const = -0.5 * ((z_loc ** 2 * inv_var).sum(1) + z_logvar.sum(1) + z_loc.shape[1] * math.log(2 * math.pi))  # [N]
     out = []
@@ -132,7 +146,7 @@ def aggregate_kl(z_loc: torch.Tensor, z_logvar: torch.Tensor, n_samples: int = 2
     pick = torch.randint(0, n, (n_samples,), generator=generator).to(z_loc.device)
     eps = torch.randn(n_samples, d, generator=generator).to(z_loc.device)
     z = z_loc[pick] + torch.exp(0.5 * z_logvar[pick]) * eps                            # [n_samples, D]
-    log_p = log_normal_diag(z.double(), 0.0, 0.0)                                          # log N(z; 0, I)
+    log_p = log_normal_diag(as_float64(z), 0.0, 0.0)                                       # log N(z; 0, I)
     return float((log_aggregate_density(z, z_loc, z_logvar) - log_p).mean())
 
 
@@ -149,7 +163,8 @@ def encode_dataset(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) ->
 class LatentStats:
     """Running sums over batches of (z_loc, z_logvar) ``[B, D]``, kept on the device.
 
-    ``summary()`` gives the same numbers as the functions above applied to the whole
+    The sums are float64, or float32 on a device without float64 (Apple GPUs): moving each
+    batch to the CPU instead would cost a host sync every step. ``summary()`` gives the same numbers as the functions above applied to the whole
     data set at once, from one pass and one host sync.
     """
 
@@ -159,7 +174,8 @@ class LatentStats:
 
     @torch.no_grad()
     def update(self, z_loc: torch.Tensor, z_logvar: torch.Tensor) -> None:
-        z_loc, z_logvar = z_loc.detach().flatten(1).double(), z_logvar.detach().flatten(1).double()
+        dtype = torch.float64 if has_float64(z_loc.device) else torch.float32
+        z_loc, z_logvar = z_loc.detach().flatten(1).to(dtype), z_logvar.detach().flatten(1).to(dtype)
         var = torch.exp(z_logvar)
         parts = {
             "mu": z_loc.sum(0), "mu2": (z_loc ** 2).sum(0), "var": var.sum(0),

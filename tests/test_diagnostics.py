@@ -200,3 +200,50 @@ def test_aggregate_kl_is_zero_for_a_collapsed_posterior_and_obeys_elbo_surgery()
     agg = diagnostics.aggregate_kl(z_loc, z_logvar, n_samples=20_000, generator=gen)
     assert expected_kl - agg == pytest.approx(math.log(n), abs=0.02)
     assert agg > diagnostics.aggregate_gaussian_kl(z_loc, z_logvar)        # the Gaussian bound is below
+
+
+def test_a_device_without_float64_gets_float32_sums_and_cpu_float64_for_the_one_off_functions(monkeypatch):
+    """Apple GPUs (mps) have no float64. Pretend this CPU is one: the running sums fall back to float32 on
+    the device (no host sync per step), and the one-off functions move to the CPU for float64; both give
+    the float64 path's numbers. A `.double()` on an mps tensor would raise there instead."""
+    gen = torch.Generator().manual_seed(3)
+    z_loc = torch.randn(500, 4, generator=gen) * torch.tensor([2.0, 1.0, 0.3, 0.0]) + 0.3
+    z_logvar = torch.randn(500, 4, generator=gen) * 0.5 - 1.0
+    z = torch.randn(50, 4, generator=gen)
+
+    def run():
+        stats = diagnostics.LatentStats()
+        for loc, logvar in zip(z_loc.split(64), z_logvar.split(64)):
+            stats.update(loc, logvar)
+        return (stats.summary(), stats.sums["mu"].dtype, diagnostics.aggregate_gaussian_kl(z_loc, z_logvar),
+                diagnostics.log_aggregate_density(z, z_loc, z_logvar))
+
+    wide, wide_dtype, wide_kl, wide_density = run()
+    assert wide_dtype == torch.float64
+    monkeypatch.setattr(diagnostics, "has_float64", lambda device: False)
+    assert diagnostics.as_float64(z_loc).dtype == torch.float64 and diagnostics.as_float64(z_loc).device.type == "cpu"
+    narrow, narrow_dtype, narrow_kl, narrow_density = run()
+    assert narrow_dtype == torch.float32
+    for key in ("mean_mu", "mean_sigma", "kl"):
+        assert narrow[key] == pytest.approx(wide[key], rel=1e-5, abs=1e-6)
+    assert narrow["agg_var_d"] == pytest.approx(wide["agg_var_d"], rel=1e-5)
+    assert narrow["active_units"] == wide["active_units"] == 3
+    assert narrow_kl == pytest.approx(wide_kl, rel=1e-12)
+    assert torch.allclose(narrow_density, wide_density)
+
+
+def test_has_float64_is_false_only_for_apple_gpus():
+    assert diagnostics.has_float64(torch.device("cpu")) and diagnostics.has_float64(torch.device("cuda"))
+    assert not diagnostics.has_float64(torch.device("mps"))
+
+
+def test_no_bare_double_in_course_utils():
+    """Every float64 conversion in the package goes through a path that works on an Apple GPU."""
+    import pathlib
+    import re
+    package = pathlib.Path(diagnostics.__file__).parent
+    offenders = [f"{path.name}:{number}: {line.strip()}"
+                 for path in sorted(package.glob("*.py"))
+                 for number, line in enumerate(path.read_text().splitlines(), 1)
+                 if re.search(r"\.double\(\)", line) and not re.search(r"(cpu\(\)|else t\.cpu\(\)\))\.double\(\)", line)]
+    assert offenders == [], "use diagnostics.as_float64 (or .cpu().double()): " + "; ".join(offenders)
