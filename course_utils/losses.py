@@ -119,9 +119,11 @@ def mmd(x: torch.Tensor, y: torch.Tensor, kernel: str = "imq", scales: Sequence[
     and can be slightly negative when x and y come from one distribution.
 
     Kernels, summed over ``C = C_base * s`` for s in ``scales`` with
-    ``C_base = 2 * D * prior_var`` (Tolstikhin et al. 2018 and their code):
-    - "imq": inverse multiquadric k(x, y) = C / (C + ||x - y||^2), heavy-tailed;
-    - "rbf": Gaussian k(x, y) = exp(-||x - y||^2 / C).
+    ``C_base = 2 * D * prior_var``:
+    - "imq": inverse multiquadric k(x, y) = C / (C + ||x - y||^2), heavy-tailed; these scales and C_base
+      are Tolstikhin et al. 2018's and their code's;
+    - "rbf": Gaussian k(x, y) = exp(-||x - y||^2 / C) over the same scales: the course's choice, for a
+      like-for-like comparison (their code's RBF uses one median-heuristic bandwidth).
     """
     if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[1]:
         raise ValueError(f"mmd expects x [n, D] and y [m, D] with the same D, got {tuple(x.shape)} and {tuple(y.shape)}.")
