@@ -61,8 +61,12 @@ class PyroVAE:
       ELBO, the number the hand-written ``neg_elbo`` reports (unscaled, Pyro sums over the batch).
     - ``*context`` (e.g. a one-hot digit label) goes on to ``encode`` and ``decode``: a conditional VAE.
     - ``name`` prefixes the parameters in Pyro's param store. Call ``pyro.clear_param_store()`` before
-      wrapping a new network under a name already used: otherwise ``pyro.module`` hands back the old
-      tensors and SVI trains those instead of the new network.
+      wrapping a new network under a name already used. Otherwise ``pyro.module`` (with its default
+      ``update_module_params=False``) returns the old network's tensors and SVI hands those to its
+      optimizer, while the loss is computed with the new network's own parameters: the old tensors
+      receive no gradient and stay exactly as they are, and the new network's gradients pile up, never
+      applied and never zeroed. Nothing learns. If that happened, clear the store *and* zero the
+      network's gradients (``net.zero_grad()``), or the first step applies all the stale ones at once.
     """
 
     def __init__(self, net: nn.Module, *, likelihood: Likelihood = bernoulli_likelihood, name: str = "vae",

@@ -242,22 +242,55 @@ def test_svi_trains_the_wrapped_network_itself():
     assert all(not torch.equal(b, p) for b, p in zip(before, net.parameters()))
 
 
-def test_a_stale_param_store_silently_trains_the_old_tensors():
-    """Why notebook 04 calls pyro.clear_param_store(): same name, new network, nothing learned."""
+def test_a_stale_param_store_trains_nothing_and_piles_up_the_new_networks_gradients():
+    """Why notebook 04 calls pyro.clear_param_store(): same name, new network, nothing learned.
+
+    pyro.module (update_module_params=False) returns the old network's tensors, which SVI steps, but the
+    loss is computed with the new network's parameters: the old tensors receive no gradient and stay as
+    they are, and the new network's .grad becomes the sum of every step's gradient, applied by no one.
+    """
     torch.manual_seed(0)
-    x = _binary(16).float()
-    old = PyroVAE(MLPVAE(z_dim=4, hidden=(8,)), name="vae")
+    x = _binary(16)
+    old = PyroVAE(MLPVAE(z_dim=4, hidden=(8,)).double(), name="vae")
     SVI(old.model, old.guide, pyro.optim.Adam({"lr": 1e-2}), loss=Trace_ELBO()).step(x)
-    new_net = MLPVAE(z_dim=4, hidden=(8,))
+    stored = {name: t.detach().clone() for name, t in pyro.get_param_store().items()}
+    new_net = MLPVAE(z_dim=4, hidden=(8,)).double()
     before = [p.detach().clone() for p in new_net.parameters()]
     new = PyroVAE(new_net, name="vae")
     svi = SVI(new.model, new.guide, pyro.optim.Adam({"lr": 1e-2}), loss=Trace_ELBO())
-    for _ in range(3):
+    seeds = (10, 11, 12)
+    for seed in seeds:
+        torch.manual_seed(seed)
         svi.step(x)
+    assert all(torch.equal(stored[name], t.detach()) for name, t in pyro.get_param_store().items())
     assert all(torch.equal(b, p) for b, p in zip(before, new_net.parameters()))
-    pyro.clear_param_store()
-    svi.step(x)
-    assert all(not torch.equal(b, p) for b, p in zip(before, new_net.parameters()))
+    # the new network's .grad is the sum of the three steps' gradients (Trace_ELBO = the Monte Carlo KL form)
+    summed = [torch.zeros_like(p) for p in new_net.parameters()]
+    for seed in seeds:
+        torch.manual_seed(seed)
+        grads = torch.autograd.grad(neg_elbo(new_net, x, analytic_kl=False)["loss"], list(new_net.parameters()))
+        summed = [s + g for s, g in zip(summed, grads)]
+    for p, expected in zip(new_net.parameters(), summed):
+        torch.testing.assert_close(p.grad, expected, rtol=1e-9, atol=1e-12)
+    # after clearing the store the network trains; its first step is a clean one only if its gradients were zeroed
+    after = {}
+    for zeroed in (True, False):
+        net = MLPVAE(z_dim=4, hidden=(8,)).double()
+        net.load_state_dict(new_net.state_dict())
+        for p, stale in zip(net.parameters(), new_net.parameters()):
+            p.grad = None if zeroed else stale.grad.clone()
+        pyro.clear_param_store()
+        vae = PyroVAE(net, name="vae")
+        torch.manual_seed(13)
+        SVI(vae.model, vae.guide, pyro.optim.SGD({"lr": 1e-2}), loss=Trace_ELBO()).step(x)
+        after[zeroed] = [p.detach().clone() for p in net.parameters()]
+    assert all(not torch.equal(b, p) for b, p in zip(before, after[True]))
+    torch.manual_seed(13)
+    clean = torch.autograd.grad(neg_elbo(new_net, x, analytic_kl=False)["loss"], list(new_net.parameters()))
+    for b, p, g in zip(before, after[True], clean):
+        torch.testing.assert_close(p, b - 1e-2 * g, rtol=1e-9, atol=1e-12)  # one plain SGD step on this batch
+    for b, p, g, stale in zip(before, after[False], clean, new_net.parameters()):
+        torch.testing.assert_close(p, b - 1e-2 * (g + stale.grad), rtol=1e-9, atol=1e-12)  # the stale sum leaks in
 
 
 def test_jit_mean_field_once_compiles_once_and_estimates_the_same_elbo():
