@@ -41,11 +41,11 @@ import torch
 from .data import batches, binarize, load_mnist, to_float
 from .losses import bernoulli_nll, kl_diag_normal
 from .models import ConvConfig, ConvVAE, MLPVAE
+from .runtime import device_name, get_device, is_quick, time_steps
 
 # Notebook 02's `BIG = VAEConfig(z_dim=32, channels=(64, 128), hidden=1024)`, written with the course's ConvVAE
 # (the same layers; tests/test_recipe_02.py checks that the two have the same weights' shapes).
 NOTEBOOK_02_MODEL = ConvConfig(z_dim=32, channels=(64, 128), hidden=1024)
-from .runtime import device_name, get_device, is_quick, time_steps
 
 Step = Callable[[torch.Tensor], None]
 

@@ -28,25 +28,13 @@ from torch import nn
 
 from .data import map_batches
 from .losses import log_normal_diag
+from . import runtime
+from .runtime import as_float64
 
 if TYPE_CHECKING:  # matplotlib is imported only when a dashboard is drawn (train.py imports this module)
     import matplotlib.pyplot as plt
 
 ACTIVE_THRESHOLD = 0.01
-
-
-def has_float64(device: torch.device) -> bool:
-    """False for Apple GPUs (``mps``), which have no float64 ("Cannot convert a MPS Tensor to float64")."""
-    return torch.device(device).type != "mps"
-
-
-def as_float64(t: torch.Tensor) -> torch.Tensor:
-    """``t`` in float64: on its own device where that device has float64, else on the CPU.
-
-    For the one-off computations below (a covariance's log-determinant, a mixture density), whose
-    precision matters more than where they run.
-    """
-    return (t if has_float64(t.device) else t.cpu()).double()
 
 
 def _check_latents(z_loc: torch.Tensor, z_logvar: torch.Tensor | None = None) -> None:
@@ -163,9 +151,9 @@ def encode_dataset(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) ->
 class LatentStats:
     """Running sums over batches of (z_loc, z_logvar) ``[B, D]``, kept on the device.
 
-    The sums are float64, or float32 on a device without float64 (Apple GPUs): moving each
-    batch to the CPU instead would cost a host sync every step. ``summary()`` gives the same numbers as the functions above applied to the whole
-    data set at once, from one pass and one host sync.
+    The sums are float64, or float32 on a device without float64 (Apple GPUs): moving each batch
+    to the CPU instead would cost a host sync every step. ``summary()`` gives the same numbers as
+    the functions above applied to the whole data set at once, from one pass and one host sync.
     """
 
     def __init__(self):
@@ -174,7 +162,7 @@ class LatentStats:
 
     @torch.no_grad()
     def update(self, z_loc: torch.Tensor, z_logvar: torch.Tensor) -> None:
-        dtype = torch.float64 if has_float64(z_loc.device) else torch.float32
+        dtype = torch.float64 if runtime.has_float64(z_loc.device) else torch.float32
         z_loc, z_logvar = z_loc.detach().flatten(1).to(dtype), z_logvar.detach().flatten(1).to(dtype)
         var = torch.exp(z_logvar)
         parts = {

@@ -101,7 +101,7 @@ def frechet_distance_from_features(feat_a: torch.Tensor, feat_b: torch.Tensor) -
         raise ValueError(f"expected features [N, F] and [M, F], got {tuple(feat_a.shape)} and {tuple(feat_b.shape)}.")
     if min(len(feat_a), len(feat_b)) < 2:
         raise ValueError("the Frechet distance needs at least 2 samples on each side (use a few thousand).")
-    a, b = feat_a.cpu().double(), feat_b.cpu().double()  # to the CPU first: Apple GPUs have no float64
+    a, b = feat_a.cpu().double(), feat_b.cpu().double()  # on the CPU: the eigendecompositions below
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
     evals_a, evecs_a = torch.linalg.eigh(cov_a)

@@ -116,6 +116,20 @@ def time_steps(step: Callable[[T], object], source: Iterator[T], device: torch.d
     return time.perf_counter() - start
 
 
+def has_float64(device: torch.device | str) -> bool:
+    """False for Apple GPUs (``mps``), which have no float64 ("Cannot convert a MPS Tensor to float64")."""
+    return torch.device(device).type != "mps"
+
+
+def as_float64(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float64: on its own device where that device has float64, else on the CPU.
+
+    For one-off computations whose precision matters more than where they run (a log-determinant, a
+    mixture density, a Cholesky factor); a per-step running sum should stay on its device instead.
+    """
+    return (t if has_float64(t.device) else t.cpu()).double()
+
+
 def device_name(device: torch.device | str) -> str:
     """What a timing ran on, for tables: the GPU's model, or the CPU's architecture, cores and torch threads."""
     device = torch.device(device)

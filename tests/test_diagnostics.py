@@ -5,7 +5,7 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from course_utils import data, diagnostics, train
+from course_utils import data, diagnostics, runtime, train
 from course_utils.losses import bernoulli_nll, kl_diag_normal
 from course_utils.models import MLPVAE
 
@@ -220,8 +220,8 @@ def test_a_device_without_float64_gets_float32_sums_and_cpu_float64_for_the_one_
 
     wide, wide_dtype, wide_kl, wide_density = run()
     assert wide_dtype == torch.float64
-    monkeypatch.setattr(diagnostics, "has_float64", lambda device: False)
-    assert diagnostics.as_float64(z_loc).dtype == torch.float64 and diagnostics.as_float64(z_loc).device.type == "cpu"
+    monkeypatch.setattr(runtime, "has_float64", lambda device: False)
+    assert runtime.as_float64(z_loc).dtype == torch.float64 and runtime.as_float64(z_loc).device.type == "cpu"
     narrow, narrow_dtype, narrow_kl, narrow_density = run()
     assert narrow_dtype == torch.float32
     for key in ("mean_mu", "mean_sigma", "kl"):
@@ -233,8 +233,8 @@ def test_a_device_without_float64_gets_float32_sums_and_cpu_float64_for_the_one_
 
 
 def test_has_float64_is_false_only_for_apple_gpus():
-    assert diagnostics.has_float64(torch.device("cpu")) and diagnostics.has_float64(torch.device("cuda"))
-    assert not diagnostics.has_float64(torch.device("mps"))
+    assert runtime.has_float64(torch.device("cpu")) and runtime.has_float64("cuda")
+    assert not runtime.has_float64(torch.device("mps"))
 
 
 def test_no_bare_double_in_course_utils():
@@ -246,4 +246,4 @@ def test_no_bare_double_in_course_utils():
                  for path in sorted(package.glob("*.py"))
                  for number, line in enumerate(path.read_text().splitlines(), 1)
                  if re.search(r"\.double\(\)", line) and not re.search(r"(cpu\(\)|else t\.cpu\(\)\))\.double\(\)", line)]
-    assert offenders == [], "use diagnostics.as_float64 (or .cpu().double()): " + "; ".join(offenders)
+    assert offenders == [], "use runtime.as_float64 (or .cpu().double()): " + "; ".join(offenders)

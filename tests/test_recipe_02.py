@@ -44,7 +44,6 @@ def test_the_notebooks_definitions_are_all_found(recipe):
 
 def test_the_recipe_trains_the_notebooks_large_model(recipe):
     # the script builds VAEConfig() with its defaults: they must be the notebook's z = 32 model, BIG
-    import re
     sources = [c.source for c in nbformat.read(recipe.NOTEBOOK, as_version=4).cells if c.cell_type == "code"]
     lines = [m.group(1) for src in sources for m in [re.search(r"^BIG = (VAEConfig\(.*\))$", src, flags=re.M)] if m]
     assert len(lines) == 1, lines
