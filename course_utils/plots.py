@@ -71,7 +71,10 @@ def training_curves(history: dict, metrics: Sequence[str] = ("loss",), title: st
 
 def latent_scatter(z: torch.Tensor, labels: torch.Tensor | None = None, title: str | None = None,
                    ax: plt.Axes | None = None, s: float = 3.0, alpha: float = 0.6) -> plt.Figure:
-    """2-D latent codes ``[N, 2]`` (or 3-D, ``[N, 3]``) coloured by ``labels`` ``[N]``."""
+    """2-D latent codes ``[N, 2]`` (or 3-D, ``[N, 3]``) coloured by ``labels`` ``[N]``.
+
+    The axes are labelled as in the notebooks' prose, $z_1$, $z_2$ (, $z_3$): code column ``z[:, 0]`` is $z_1$.
+    """
     z = z.detach().float().cpu().numpy()
     if z.ndim != 2 or z.shape[1] not in (2, 3):
         raise ValueError(f"latent_scatter expects [N, 2] or [N, 3] codes, got {z.shape}; project higher dimensions first.")
@@ -87,9 +90,9 @@ def latent_scatter(z: torch.Tensor, labels: torch.Tensor | None = None, title: s
         classes = np.unique(c)
         handles = [plt.Line2D([], [], marker="o", ls="", color=points.cmap(points.norm(k))) for k in classes]
         ax.legend(handles, [str(k) for k in classes], fontsize=7, markerscale=1, loc="best", ncol=2)
-    ax.set_xlabel("z[0]"), ax.set_ylabel("z[1]")
+    ax.set_xlabel("$z_1$"), ax.set_ylabel("$z_2$")
     if three_d:
-        ax.set_zlabel("z[2]")
+        ax.set_zlabel("$z_3$")
     else:
         ax.set_aspect("equal", adjustable="datalim")
     if title:
