@@ -33,6 +33,10 @@ def test_tiny_run_trains_the_notebooks_model_and_scores_it(recipe, monkeypatch):
     # eight steps at the recipe's warm-up learning rate already move the model off the starting line
     assert result["test_neg_elbo"] < untrained - 50, result
     assert 0 < result["iw_nll"] < result["test_neg_elbo"] + 3 * result["iw_se"], result
+    # the control-variate estimate for all digits: the ELBO of all digits minus the mean IW gain on the scored ones
+    gain = result["neg_elbo_eval"] - result["iw_nll"]
+    assert gain > 0 and abs(result["iw_nll_all_cv"] - (result["test_neg_elbo"] - gain)) < 0.02, result
+    assert 0 < result["iw_nll_all_cv_se"], result
 
 
 def test_the_notebooks_definitions_are_all_found(recipe):
