@@ -41,7 +41,8 @@ def test_tiny_run_trains_the_notebooks_model_and_scores_it(recipe, monkeypatch):
 
 def test_the_notebooks_definitions_are_all_found(recipe):
     namespace = recipe.notebook_namespace()
-    for name in ("VAE", "VAEConfig", "neg_elbo", "train_neg_elbo", "TrainConfig", "train_within_budget"):
+    for name in ("VAE", "VAEConfig", "neg_elbo", "neg_elbo_per_image", "train_neg_elbo", "TrainConfig",
+                 "train_within_budget"):
         assert name in namespace, name
     assert namespace["TEST_BINARIZATION_SEED"] == 0
 
