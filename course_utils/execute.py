@@ -1,11 +1,13 @@
 """Run every notebook headless and keep the executed copies: ``make execute``.
 
-    python -m course_utils.execute [--out build] [--quick] [--only 02,03]
+    python -m course_utils.execute [--out build] [--quick] [--only 02,03] [--cell-timeout 300]
 
 Each notebook is executed in a fresh kernel with its folder as working directory;
-the executed notebook and an HTML page go to ``--out``; a table of wall times per
-notebook, and the total, is printed with the device at the end. Exits non-zero if
-any notebook failed (the others still run).
+the executed notebook and an HTML page go to ``--out`` (the page only where nbconvert
+is installed: it is a development dependency, absent on a bare GPU machine); each
+notebook's Checks output, or the end of its error, is printed as it finishes, and a
+table of wall times per notebook, and the total, with the device at the end. Exits
+non-zero if any notebook failed (the others still run).
 """
 from __future__ import annotations
 
@@ -19,10 +21,20 @@ from .data import PROJECT_ROOT
 from .runtime import device_name, get_device
 
 
+def checks_output(nb, max_lines: int = 8) -> str:
+    """The end of what the notebook's Checks cell printed (the code cell whose output says "checks passed")."""
+    for cell in reversed(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        text = "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
+        if "checks passed" in text.lower():
+            return "\n".join(text.strip().splitlines()[-max_lines:])
+    return "(no Checks output found)"
+
+
 def execute_notebook(path: Path, out_dir: Path, quick: bool, timeout: int | None = None) -> tuple[float, str | None]:
     import nbformat
     from nbclient import NotebookClient
-    from nbconvert import HTMLExporter
 
     nb = nbformat.read(path, as_version=4)
     env_backup = os.environ.get("COURSE_QUICK")
@@ -34,7 +46,9 @@ def execute_notebook(path: Path, out_dir: Path, quick: bool, timeout: int | None
         NotebookClient(nb, timeout=timeout, kernel_name="python3",
                        resources={"metadata": {"path": str(path.parent)}}).execute()
     except Exception as e:  # keep going: write what ran, report the failure
-        error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+        lines = [line for line in str(e).strip().splitlines() if line.strip()]
+        error = f"{type(e).__name__}: {lines[-1] if lines else ''}"
+        print("\n    " + "\n    ".join(lines[-25:]), flush=True)  # the traceback's end, for a log read elsewhere
     finally:
         if env_backup is None:
             os.environ.pop("COURSE_QUICK", None)
@@ -43,8 +57,13 @@ def execute_notebook(path: Path, out_dir: Path, quick: bool, timeout: int | None
     seconds = time.perf_counter() - start
     out_dir.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out_dir / path.name)
-    html, _ = HTMLExporter().from_notebook_node(nb)
-    (out_dir / path.with_suffix(".html").name).write_text(html, encoding="utf-8")
+    try:
+        from nbconvert import HTMLExporter
+    except ImportError:  # a development dependency; the executed .ipynb above holds every output anyway
+        pass
+    else:
+        html, _ = HTMLExporter().from_notebook_node(nb)
+        (out_dir / path.with_suffix(".html").name).write_text(html, encoding="utf-8")
     return seconds, error
 
 
@@ -53,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="build", help="folder for executed notebooks and HTML (default: build)")
     parser.add_argument("--quick", action="store_true", help="quick mode (COURSE_QUICK=1) instead of full mode")
     parser.add_argument("--only", default="", help="comma-separated notebook prefixes, e.g. 02,03")
+    parser.add_argument("--cell-timeout", type=int, default=None, metavar="S",
+                        help="fail a notebook whose cell runs longer than S seconds, naming the cell, and go on to "
+                             "the next notebook (default: no limit; a CPU's full mode has cells of many minutes)")
     args = parser.parse_args(argv)
 
     notebooks = sorted((PROJECT_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -67,8 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     rows, failed = [], 0
     for nb in notebooks:
         print(f"  {nb.name} ...", end=" ", flush=True)
-        seconds, error = execute_notebook(nb, out_dir, quick=args.quick)
+        seconds, error = execute_notebook(nb, out_dir, quick=args.quick, timeout=args.cell_timeout)
         print(f"{seconds:7.1f} s" + (f"  FAILED: {error}" if error else ""), flush=True)
+        if not error:
+            import nbformat
+            checks = checks_output(nbformat.read(out_dir / nb.name, as_version=4))
+            print("    " + checks.replace("\n", "\n    "), flush=True)
         rows.append((nb.name, seconds, error))
         failed += error is not None
     total = sum(s for _, s, _ in rows)
@@ -76,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, seconds, error in rows:
         print(f"| {name} | {seconds:.1f} | {'FAILED' if error else 'ok'} |")
     print(f"| **total** | **{total:.1f}** | {len(rows) - failed}/{len(rows)} ok |")
-    print(f"\nmode={mode}; device={on}; executed copies and HTML in {out_dir}")
+    print(f"\nmode={mode}; device={on}; executed copies in {out_dir}")
     return 1 if failed else 0
 
 
