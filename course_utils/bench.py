@@ -82,7 +82,7 @@ def course_batches(x: torch.Tensor, batch_size: int, seed: int = 0) -> Iterator[
     generator = torch.Generator(x.device).manual_seed(seed)
     for _epoch in itertools.count():
         for (x_gray,) in batches(x, batch_size=batch_size, shuffle=True, generator=generator, drop_last=True):
-            yield binarize(x_gray)
+            yield binarize(x_gray, check=False)  # in [0, 1] by to_float; the range check would sync each step
 
 
 def loader_batches(dataset: torch.utils.data.Dataset, batch_size: int, device: torch.device,
@@ -98,7 +98,7 @@ def loader_batches(dataset: torch.utils.data.Dataset, batch_size: int, device: t
                                          generator=torch.Generator().manual_seed(seed))
     for _epoch in itertools.count():
         for x_gray, _labels in loader:
-            yield binarize(x_gray.to(device, non_blocking=pin))
+            yield binarize(x_gray.to(device, non_blocking=pin), check=False)  # ToTensor's range is [0, 1]
 
 
 def conv_vae_step(model: ConvVAE, lr: float = 1e-3) -> Step:

@@ -85,3 +85,25 @@ def test_time_steps_and_arguments_are_checked():
         bench.time_steps(lambda x: None, iter([]), torch.device("cpu"), steps=0, warmup=0)
     with pytest.raises(SystemExit):
         bench.main(["--device", "cpu", "--steps", "0"])
+
+
+def test_neither_source_reads_back_from_the_device_per_batch(monkeypatch):
+    # binarize's range check (x.min() < 0 ...) is a host sync per call on a GPU: inside the timed loop it would
+    # stall both pipelines, the course's most, and bias the very ratio the benchmark reports
+    from course_utils import data
+    checks = []
+
+    def spy(x, generator=None, check=True):
+        checks.append(check)
+        return data.binarize(x, generator, check)
+
+    monkeypatch.setattr(bench, "binarize", spy)
+    images, labels = load_mnist("test")
+    dataset = bench.ToTensorMNIST(images[:32, 0].numpy(), labels[:32].numpy())
+    for source in (bench.course_batches(to_float(images[:32]), batch_size=16),
+                   bench.loader_batches(dataset, 16, torch.device("cpu"), num_workers=0)):
+        try:
+            next(source), next(source)
+        finally:
+            source.close()
+    assert checks == [False] * 4, checks
