@@ -9,15 +9,15 @@
 #     bash ../shared/tools/gpu-wheels.sh        # Pyro + Jupyter kernel wheels into .whl/ (git-ignored)
 # Then one device call per stage, with carry [".whl"] (a later stage on the same warm machine finds the
 # first stage's installs and checkpoint cache still there), or all of the first three in one call:
-#     bash benchmarks/gpu_check.sh all          # series, bench, the recipe's TF32 A/B, warm, the unit tests,
+#     bash benchmarks/gpu_check.sh all          # series, bench, warm, the unit tests,
 #                                               # each only while enough of DEADLINE_S (default 560 s) is left
 #     bash benchmarks/gpu_check.sh bench        # make bench + notebook 04's Pyro step table      (~1-2 min)
 #     bash benchmarks/gpu_check.sh series       # every notebook, full mode, cold cache: table     (target < 10 min)
 #     bash benchmarks/gpu_check.sh warm         # the same again with the cache warm: the ratio
 #     bash benchmarks/gpu_check.sh 02           # notebook 02 alone, full mode (the 84-nat target)
-#     bash benchmarks/gpu_check.sh recipe       # notebook 02's recipe alone, 30 s, k = 5000 on all digits,
-#                                               # with TF32 training steps and without; then with 512
-#                                               # hidden units and with batches of 1024         (~5 min)
+#     bash benchmarks/gpu_check.sh recipe       # notebook 02's recipe alone, 30 s, k = 5000 on all digits;
+#                                               # then the same with 512 hidden units (the model before
+#                                               # it widened) and with batches of 1024              (~5 min)
 # Any other argument is passed to `course_utils.execute --only` (e.g. `03,05`).
 #
 # Results: $OUT/<stage>.log (tables as printed), $OUT/bench.json, and the executed notebooks of the
@@ -68,11 +68,6 @@ series() {
     pack series
 }
 score="--k 5000 --n-eval 10000 --max-decode 50000"  # the 84-nat target's scoring: k = 5000, all test digits
-recipe_ab() {  # notebook 02's recipe (TF32 training steps), then the same in full float32, side by side
-    # (full float32, 2026-11-27, H100: 53.5 epochs in 30 s, 84.03 nats)
-    run python3 benchmarks/recipe_02.py --budget-s 30 --epochs 100 $score
-    run python3 benchmarks/recipe_02.py --budget-s 30 --epochs 100 $score --no-tf32
-}
 unit() {  # the unit tests on CUDA (two of them run only there); the browser test needs Chromium
     run python3 -m pytest -q -p no:cacheprovider tests --ignore=tests/test_browser.py
 }
@@ -85,7 +80,6 @@ case "$stage" in
     all)
         series
         if [ "$(left)" -gt 150 ]; then bench; else echo "skipped bench: $(left) s left" >> "$log"; fi
-        if [ "$(left)" -gt 170 ]; then recipe_ab; else echo "skipped recipe: $(left) s left" >> "$log"; fi
         if [ "$(left)" -gt 120 ]; then warm; else echo "skipped warm: $(left) s left" >> "$log"; fi
         if [ "$(left)" -gt 60 ]; then unit; else echo "skipped unit tests: $(left) s left" >> "$log"; fi
         ;;
@@ -93,7 +87,7 @@ case "$stage" in
     series) series ;;
     warm) warm ;;
     recipe)
-        recipe_ab
+        run python3 benchmarks/recipe_02.py --budget-s 30 --epochs 100 $score
         run python3 benchmarks/recipe_02.py --budget-s 30 --epochs 100 $score --hidden 512
         run python3 benchmarks/recipe_02.py --budget-s 30 --epochs 100 $score --batch 1024 --lr 4e-3
         ;;

@@ -64,8 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     parser.add_argument("--decay", type=float, default=None,
                         help="final fraction of the run with a falling learning rate (default: the notebook's)")
-    parser.add_argument("--no-tf32", dest="tf32", action="store_false",
-                        help="train with full float32 matrix products on a GPU (default: TF32, as the notebook)")
     parser.add_argument("--channels", type=int, nargs=2, metavar=("C1", "C2"), default=None,
                         help="channels of the two convolutions (default: the notebook's VAEConfig)")
     parser.add_argument("--hidden", type=int, default=None,
@@ -99,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     schedule = {} if args.decay is None else {"decay": args.decay}
     cfg = nb["TrainConfig"](time_budget_s=args.budget_s, max_epochs=args.epochs, batch_size=args.batch,
-                            peak_lr=args.lr, seed=args.seed, tf32=args.tf32, **schedule)
+                            peak_lr=args.lr, seed=args.seed, **schedule)
     sizes = {"channels": tuple(args.channels)} if args.channels else {}
     if args.hidden:
         sizes["hidden"] = args.hidden
@@ -121,7 +119,6 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "device": runtime.device_name(device), "epochs": round(history["epoch"][-1], 2), "steps": history["steps"],
         "seed": args.seed, "batch": args.batch, "peak_lr": args.lr, "warmup": cfg.warmup, "decay": cfg.decay,
-        "tf32": cfg.tf32,
         "n_train": len(x_train),
         "channels": list(model_cfg.channels), "hidden": model_cfg.hidden, "z_dim": model_cfg.z_dim,
         "parameters": sum(p.numel() for p in model.parameters()),

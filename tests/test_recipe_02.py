@@ -21,12 +21,11 @@ def recipe():
 def test_tiny_run_trains_the_notebooks_model_and_scores_it(recipe, monkeypatch):
     monkeypatch.setenv("COURSE_DEVICE", "cpu")
     result = recipe.main(["--epochs", "2", "--n-train", "1024", "--batch", "256", "--k", "20", "--n-eval", "16",
-                          "--channels", "16", "32", "--hidden", "128", "--decay", "0.9", "--seed", "3", "--no-tf32"])
+                          "--channels", "16", "32", "--hidden", "128", "--decay", "0.9", "--seed", "3"])
     assert result["steps"] == 2 * (1024 // 256) and result["epochs"] == 2.0
     assert len(result["monitor_neg_elbo_by_epoch"]) == 2 and len(result["train_neg_elbo_by_epoch"]) == 2
     assert result["channels"] == [16, 32] and result["hidden"] == 128 and result["z_dim"] == 32
     namespace = recipe.notebook_namespace()
-    assert result["tf32"] is False and recipe.build_parser().parse_args([]).tf32 is True
     assert result["decay"] == 0.9 and result["warmup"] == namespace["TrainConfig"]().warmup and result["seed"] == 3
     smaller = namespace["VAE"](namespace["VAEConfig"](channels=(16, 32), hidden=128))
     assert result["parameters"] == sum(p.numel() for p in smaller.parameters())
@@ -38,33 +37,6 @@ def test_tiny_run_trains_the_notebooks_model_and_scores_it(recipe, monkeypatch):
     gain = result["neg_elbo_eval"] - result["iw_nll"]
     assert gain > 0 and abs(result["iw_nll_all_cv"] - (result["test_neg_elbo"] - gain)) < 0.02, result
     assert 0 < result["iw_nll_all_cv_se"], result
-
-
-def test_tf32_is_set_for_the_training_steps_only(recipe, monkeypatch):
-    # TF32 (CUDA's tensor-core float32) speeds the training steps; the monitor scores keep full float32
-    import torch
-    monkeypatch.setenv("COURSE_DEVICE", "cpu")
-    namespace = recipe.notebook_namespace()
-    assert namespace["TrainConfig"]().tf32 is True
-    before = torch.backends.cuda.matmul.allow_tf32
-    seen = {True: set(), False: set()}  # model.training -> the flag values seen by the loss
-
-    def spy(model, x_gray):
-        seen[model.training].add(torch.backends.cuda.matmul.allow_tf32)
-        return namespace["train_neg_elbo"](model, x_gray)
-
-    model = namespace["VAE"](namespace["VAEConfig"](channels=(8, 16), hidden=32))
-    for tf32 in (True, False):
-        seen = {True: set(), False: set()}
-        cfg = namespace["TrainConfig"](max_epochs=1, batch_size=64, tf32=tf32)
-        x = torch.rand(128, 1, 28, 28)
-        namespace["train_within_budget"](model, spy, x, cfg, x_monitor=(x[:32] > 0.5).float())
-        assert seen == {True: {tf32}, False: {before}}, seen
-        assert torch.backends.cuda.matmul.allow_tf32 == before
-    with pytest.raises(ZeroDivisionError):  # restored when the block fails, too
-        with namespace["tf32_matmuls"](not before):
-            1 / 0
-    assert torch.backends.cuda.matmul.allow_tf32 == before
 
 
 def test_the_notebooks_definitions_are_all_found(recipe):
