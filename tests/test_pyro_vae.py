@@ -341,5 +341,56 @@ def test_step_time_table_rows_and_markdown():
     assert "| SVI + TraceMeanField_ELBO |" in table and "batch 16" in table
     with pytest.raises(ValueError, match="largest batch"):
         step_time_table(lambda: MLPVAE(z_dim=4, hidden=(16,)), x, batch_sizes=(32,), variants=variants)
+    with pytest.raises(ValueError, match=r"in \[0, 1\].*binarize"):  # the hand-written rows skip the check: it is here
+        step_time_table(lambda: MLPVAE(z_dim=4, hidden=(16,)), 2 * x, batch_sizes=(8,), variants=variants)
     with pytest.raises(ValueError):
         time_per_step(lambda b: None, [], steps=1)
+
+
+def _device_reads_per_step(step, x) -> dict:
+    """Every read of a tensor's value into Python during one call of step (on a GPU, each is a host sync),
+    as {(kind, file:line): count}; torch.optim's own step counters, which stay on the CPU, are left out."""
+    import sys
+    from collections import Counter
+    reads, originals = Counter(), {}
+
+    def watching(name):
+        def read(self, *args, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if "/torch/optim/" not in caller:
+                reads[(name, f"{caller.rsplit('/', 1)[-1]}:{sys._getframe(1).f_lineno}")] += 1
+            return originals[name](self, *args, **kwargs)
+        return read
+
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        originals[name] = getattr(torch.Tensor, name)
+    try:
+        for name in originals:
+            setattr(torch.Tensor, name, watching(name))
+        step(x)
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
+    return dict(reads)
+
+
+def test_a_row_called_no_sync_reads_nothing_from_the_device():
+    # the step-time table's labels are claims about host syncs, which cost most on a GPU: count them here
+    x = _binary(16).float()
+    reads = {}
+    for i, variant in enumerate(VARIANTS):
+        torch.manual_seed(0)
+        step = make_step(variant, MLPVAE(z_dim=4, hidden=(16,)), name=f"reads{i}")
+        for _ in range(3):  # past the JIT's tracing
+            step(x)
+        reads[variant.name] = _device_reads_per_step(step, x)
+    pyro.clear_param_store()
+    for name, found in reads.items():
+        if "no sync" in name or name == "hand-written (torch Adam)":
+            assert not found, (name, found)
+    assert sum(reads["hand-written + float(loss) each step"].values()) == 1
+    assert sum(reads["SVI + TraceMeanField_ELBO, validation off"].values()) == 1  # svi.step's float
+    # Pyro's differentiable_loss reads the loss back (torch_item) and checks it and its gradient for NaN
+    assert sum(reads["TraceMeanField_ELBO + torch Adam, validation off"].values()) >= 2
+    assert sum(reads["SVI + TraceMeanField_ELBO"].values()) > sum(
+        reads["SVI + TraceMeanField_ELBO, validation off"].values())  # validation's checks read too
