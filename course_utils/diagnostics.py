@@ -127,12 +127,13 @@ def aggregate_kl(z_loc: torch.Tensor, z_logvar: torch.Tensor, n_samples: int = 2
     density (``log_aggregate_density``), so the estimate is unbiased. With E_x KL(q(z|x) || p(z)) it
     completes the "ELBO surgery" identity (Hoffman & Johnson 2016):
     E_x KL(q(z|x) || p(z)) = I(x; z) + KL(q(z) || p(z)), where I(x; z) <= log N for N data points.
-    ``generator`` (CPU) makes the draw reproducible.
+    ``generator`` (on any device; the draw happens there) makes the draw reproducible.
     """
     _check_latents(z_loc, z_logvar)
     n, d = z_loc.shape
-    pick = torch.randint(0, n, (n_samples,), generator=generator).to(z_loc.device)
-    eps = torch.randn(n_samples, d, generator=generator).to(z_loc.device)
+    on = generator.device if generator is not None else torch.device("cpu")  # a CUDA generator draws on CUDA
+    pick = torch.randint(0, n, (n_samples,), generator=generator, device=on).to(z_loc.device)
+    eps = torch.randn(n_samples, d, generator=generator, device=on).to(z_loc.device)
     z = z_loc[pick] + torch.exp(0.5 * z_logvar[pick]) * eps                            # [n_samples, D]
     log_p = log_normal_diag(as_float64(z), 0.0, 0.0)                                       # log N(z; 0, I)
     return float((log_aggregate_density(z, z_loc, z_logvar) - log_p).mean())
