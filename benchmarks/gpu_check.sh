@@ -9,7 +9,9 @@
 #     bash ../shared/tools/gpu-wheels.sh        # Pyro + Jupyter kernel wheels into .whl/ (git-ignored)
 # Then one device call per stage, with carry [".whl"] (a later stage on the same warm machine finds the
 # first stage's installs and checkpoint cache still there), or all of the first three in one call:
-#     bash benchmarks/gpu_check.sh all          # series, bench, warm, the unit tests,
+#     bash benchmarks/gpu_check.sh step         # where notebook 02's step spends its time: variants side by
+#                                               # side (CUDA graph, bf16, channels-last, ...), a profile (~1 min)
+#     bash benchmarks/gpu_check.sh all          # series, bench, step, warm, the unit tests,
 #                                               # each only while enough of DEADLINE_S (default 560 s) is left
 #     bash benchmarks/gpu_check.sh bench        # make bench + notebook 04's Pyro step table      (~1-2 min)
 #     bash benchmarks/gpu_check.sh series       # every notebook, full mode, cold cache: table     (target < 10 min)
@@ -24,7 +26,7 @@
 # stage as $OUT/<stage>-nb.tar.gz (outputs included, for the figures and the numbers in them).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-stage=${1:?usage: bash benchmarks/gpu_check.sh all|bench|series|warm|recipe|NN[,NN]}
+stage=${1:?usage: bash benchmarks/gpu_check.sh all|bench|step|series|warm|recipe|NN[,NN]}
 OUT=${OUT:-build/gpu}
 mkdir -p "$OUT"
 
@@ -68,6 +70,10 @@ series() {
     pack series
 }
 score="--k 5000 --n-eval 10000 --max-decode 50000"  # the 84-nat target's scoring: k = 5000, all test digits
+step() {  # notebook 02's training step: which lever the 30-s target needs
+    run python3 benchmarks/step_02.py --profile --json "$OUT/step.json"
+    run python3 benchmarks/step_02.py --variants compile --steps 100 --json "$OUT/step-compile.json"
+}
 unit() {  # the unit tests on CUDA (two of them run only there); the browser test needs Chromium
     run python3 -m pytest -q -p no:cacheprovider tests --ignore=tests/test_browser.py
 }
@@ -80,10 +86,12 @@ case "$stage" in
     all)
         series
         if [ "$(left)" -gt 150 ]; then bench; else echo "skipped bench: $(left) s left" >> "$log"; fi
+        if [ "$(left)" -gt 120 ]; then step; else echo "skipped step: $(left) s left" >> "$log"; fi
         if [ "$(left)" -gt 120 ]; then warm; else echo "skipped warm: $(left) s left" >> "$log"; fi
         if [ "$(left)" -gt 60 ]; then unit; else echo "skipped unit tests: $(left) s left" >> "$log"; fi
         ;;
     bench) bench ;;
+    step) step ;;
     series) series ;;
     warm) warm ;;
     recipe)

@@ -1,0 +1,52 @@
+"""benchmarks/step_02.py times variants of notebook 02's training step; on a GPU it decides the 30-s recipe."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def step_02():
+    spec = importlib.util.spec_from_file_location("step_02", ROOT / "benchmarks" / "step_02.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_variants_run_side_by_side_and_train_alike(step_02, monkeypatch, tmp_path):
+    monkeypatch.setenv("COURSE_DEVICE", "cpu")
+    out = tmp_path / "step.json"
+    result = step_02.main(["--n-train", "1024", "--steps", "3", "--warmup", "1", "--hidden", "32",
+                           "--channels", "8", "16", "--batch", "64", "--profile", "--json", str(out),
+                           "--variants", "notebook,channels_last,bf16,batch2x,graph"])
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert list(rows) == ["notebook", "channels_last", "bf16", "batch2x"]  # graph needs CUDA: skipped on a CPU
+    assert all("error" not in r for r in rows.values()), rows
+    assert rows["notebook"]["ratio"] == 1.0 and rows["batch2x"]["batch"] == 128
+    for r in rows.values():
+        assert r["ms_per_step"] > 0 and r["images_per_s"] > 0
+        assert r["epochs_in_30s"] == pytest.approx(30 / (r["ms_per_step"] / 1000) / (1024 // r["batch"]), rel=0.01)
+        # a few steps from the same weights on the same batches: every variant's loss is close to the notebook's
+        assert abs(r["loss_last_20"] - rows["notebook"]["loss_last_20"]) < 5, rows
+    assert result["profile"]["wall_ms_per_step"] > 0 and result["profile"]["top"]
+    assert json.loads(out.read_text())["rows"][0]["variant"] == "notebook"
+
+
+def test_an_unknown_variant_is_refused(step_02):
+    with pytest.raises(SystemExit):
+        step_02.main(["--variants", "notebook,turbo"])
+
+
+def test_the_device_script_calls_parse(step_02):
+    import re
+    import shlex
+    text = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
+    calls = [line.split("benchmarks/step_02.py", 1)[1] for line in text.splitlines()
+             if "benchmarks/step_02.py" in line and not line.lstrip().startswith("#")]
+    assert calls, "gpu_check.sh no longer runs step_02.py"
+    for call in calls:
+        args = step_02.build_parser().parse_args(shlex.split(re.sub(r'"?\$OUT/[^ ]*', "x.json", call)))
+        assert set(args.variants.split(",")) <= set(step_02.VARIANTS), args.variants
