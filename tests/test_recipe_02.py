@@ -39,6 +39,32 @@ def test_tiny_run_trains_the_notebooks_model_and_scores_it(recipe, monkeypatch):
     assert 0 < result["iw_nll_all_cv_se"], result
 
 
+def test_an_interrupted_training_keeps_what_it_learned(recipe, monkeypatch, capsys):
+    # Ctrl-C (or Jupyter's stop button) in the middle of notebook 02's loop: the weights stay trained, the full
+    # epochs stay in the history, and nothing is written to the cache as if the run had completed
+    import torch
+    monkeypatch.setenv("COURSE_DEVICE", "cpu")
+    namespace = recipe.notebook_namespace()
+    model = namespace["VAE"](namespace["VAEConfig"](channels=(8, 16), hidden=32))
+    before = [p.detach().clone() for p in model.parameters()]
+    calls = []
+
+    def interrupted_on_the_sixth_step(model, x_gray):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return namespace["train_neg_elbo"](model, x_gray)
+
+    saved = []
+    monkeypatch.setattr(namespace["train"], "save_checkpoint", lambda *args: saved.append(args))
+    cfg = namespace["TrainConfig"](max_epochs=3, batch_size=64)
+    history = namespace["train_within_budget"](model, interrupted_on_the_sixth_step, torch.rand(256, 1, 28, 28), cfg,
+                                               cache="test-interrupt")
+    assert history["stopped"] == "interrupted" and history["steps"] == 5 and history["epoch"] == [1.0]
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # it learned, and kept it
+    assert not saved and "keeps what it learned" in capsys.readouterr().out
+
+
 def test_the_notebooks_definitions_are_all_found(recipe):
     namespace = recipe.notebook_namespace()
     for name in ("VAE", "VAEConfig", "neg_elbo", "neg_elbo_per_image", "train_neg_elbo", "TrainConfig",
