@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import shlex
 import shutil
@@ -25,3 +26,24 @@ def lab_args() -> list[str]:
     out = subprocess.run(["make", "-n", "-s", "lab"], cwd=root, capture_output=True, text=True, check=True).stdout
     line = [line for line in out.splitlines() if "jupyter lab" in line][-1]
     return shlex.split(line.split("jupyter lab", 1)[1])
+
+
+def _benchmark_script(name: str):
+    """benchmarks/<name>.py imported as a module (the folder is scripts, not a package)."""
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    """benchmarks/recipe_02.py: notebook 02's recipe, read from the notebook."""
+    return _benchmark_script("recipe_02")
+
+
+@pytest.fixture(scope="module")
+def step_02():
+    """benchmarks/step_02.py: notebook 02's training step, variant by variant."""
+    return _benchmark_script("step_02")

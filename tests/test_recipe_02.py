@@ -1,5 +1,4 @@
 """benchmarks/recipe_02.py runs notebook 02's own model and training loop, read from the notebook."""
-import importlib.util
 import math
 import re
 from pathlib import Path
@@ -8,14 +7,6 @@ import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def recipe():
-    spec = importlib.util.spec_from_file_location("recipe_02", ROOT / "benchmarks" / "recipe_02.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_tiny_run_trains_the_notebooks_model_and_scores_it(recipe, monkeypatch):

@@ -1,19 +1,10 @@
 """benchmarks/step_02.py times variants of notebook 02's training step; on a GPU it decides the 30-s recipe."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def step_02():
-    spec = importlib.util.spec_from_file_location("step_02", ROOT / "benchmarks" / "step_02.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_variants_run_side_by_side_and_train_alike(step_02, monkeypatch, tmp_path):
