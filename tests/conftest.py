@@ -47,3 +47,36 @@ def recipe():
 def step_02():
     """benchmarks/step_02.py: notebook 02's training step, variant by variant."""
     return _benchmark_script("step_02")
+
+
+def _device_reads_per_step(step, x) -> dict:
+    """Every read of a tensor's value into Python during one call of step (on a GPU, each is a host sync),
+    as {(kind, file:line): count}; torch.optim's own step counters, which stay on the CPU, are left out."""
+    import sys
+    from collections import Counter
+    reads, originals = Counter(), {}
+
+    def watching(name):
+        def read(self, *args, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if "/torch/optim/" not in caller:
+                reads[(name, f"{caller.rsplit('/', 1)[-1]}:{sys._getframe(1).f_lineno}")] += 1
+            return originals[name](self, *args, **kwargs)
+        return read
+
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        originals[name] = getattr(torch.Tensor, name)
+    try:
+        for name in originals:
+            setattr(torch.Tensor, name, watching(name))
+        step(x)
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
+    return dict(reads)
+
+
+@pytest.fixture
+def device_reads():
+    """device_reads(step, x): the reads of tensor values into Python during step(x) (on a GPU, host syncs)."""
+    return _device_reads_per_step

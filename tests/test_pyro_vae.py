@@ -347,34 +347,7 @@ def test_step_time_table_rows_and_markdown():
         time_per_step(lambda b: None, [], steps=1)
 
 
-def _device_reads_per_step(step, x) -> dict:
-    """Every read of a tensor's value into Python during one call of step (on a GPU, each is a host sync),
-    as {(kind, file:line): count}; torch.optim's own step counters, which stay on the CPU, are left out."""
-    import sys
-    from collections import Counter
-    reads, originals = Counter(), {}
-
-    def watching(name):
-        def read(self, *args, **kwargs):
-            caller = sys._getframe(1).f_code.co_filename
-            if "/torch/optim/" not in caller:
-                reads[(name, f"{caller.rsplit('/', 1)[-1]}:{sys._getframe(1).f_lineno}")] += 1
-            return originals[name](self, *args, **kwargs)
-        return read
-
-    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
-        originals[name] = getattr(torch.Tensor, name)
-    try:
-        for name in originals:
-            setattr(torch.Tensor, name, watching(name))
-        step(x)
-    finally:
-        for name, original in originals.items():
-            setattr(torch.Tensor, name, original)
-    return dict(reads)
-
-
-def test_a_row_called_no_sync_reads_nothing_from_the_device():
+def test_a_row_called_no_sync_reads_nothing_from_the_device(device_reads):
     # the step-time table's labels are claims about host syncs, which cost most on a GPU: count them here
     x = _binary(16).float()
     reads = {}
@@ -383,7 +356,7 @@ def test_a_row_called_no_sync_reads_nothing_from_the_device():
         step = make_step(variant, MLPVAE(z_dim=4, hidden=(16,)), name=f"reads{i}")
         for _ in range(3):  # past the JIT's tracing
             step(x)
-        reads[variant.name] = _device_reads_per_step(step, x)
+        reads[variant.name] = device_reads(step, x)
     pyro.clear_param_store()
     for name, found in reads.items():
         if "no sync" in name or name == "hand-written (torch Adam)":

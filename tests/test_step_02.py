@@ -41,3 +41,17 @@ def test_the_device_script_calls_parse(step_02):
     for call in calls:
         args = step_02.build_parser().parse_args(shlex.split(re.sub(r'"?\$OUT/[^ ]*', "x.json", call)))
         assert set(args.variants.split(",")) <= set(step_02.VARIANTS), args.variants
+
+
+def test_the_notebooks_step_reads_nothing_from_the_device(step_02, recipe, device_reads, monkeypatch):
+    # notebook 02's 30-s loop must not make Python wait for the GPU inside a step, and a CUDA graph can only
+    # capture a step that never reads a value back: count the reads of every variant's step (on the CPU)
+    import torch
+    monkeypatch.setenv("COURSE_DEVICE", "cpu")
+    namespace = recipe.notebook_namespace()
+    x = torch.rand(32, 1, 28, 28)
+    for variant in ("notebook", "bf16", "channels_last", "batch2x"):
+        model = namespace["VAE"](namespace["VAEConfig"](channels=(8, 16), hidden=32))
+        step = step_02.make_step(variant, model, namespace, 1e-3, x)
+        step(x)
+        assert device_reads(step, x) == {}, variant
