@@ -21,6 +21,7 @@ the IW NLL for all 10,000 digits estimated from the scored ones with every digit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import re
@@ -78,6 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def full_float32():
+    """Inside the block, float32 matrix products and convolutions without TF32 (on a GPU; a CPU has none)."""
+    precision, cudnn_tf32 = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(precision)
+        torch.backends.cudnn.allow_tf32 = cudnn_tf32
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -110,6 +124,11 @@ def main(argv: list[str] | None = None) -> dict:
     log_px = iw_log_likelihood(model, x_eval, k=args.k, max_decode=args.max_decode,
                                generator=torch.Generator(device).manual_seed(2))
     eval_seconds = time.perf_counter() - start
+    log_px_fp32 = None
+    if device.type == "cuda":  # the notebook's set-up cell turns TF32 on for every product, scoring included:
+        with full_float32():  # score again in full float32 with the same draws, to see what that moves
+            log_px_fp32 = iw_log_likelihood(model, x_eval, k=args.k, max_decode=args.max_decode,
+                                            generator=torch.Generator(device).manual_seed(2))
     # Every digit's one-sample ELBO corrects the IW estimate for which digits were scored (a control variate;
     # notebook 02, section 5): the IW gain over the ELBO varies far less from digit to digit than the NLL does.
     neg_elbo_by_digit = nb["neg_elbo_per_image"](model, x_test)  # [10000]
@@ -132,6 +151,9 @@ def main(argv: list[str] | None = None) -> dict:
         "iw_nll_all_cv": round(test_neg_elbo - gain.mean().item(), 2),
         "iw_nll_all_cv_se": round(gain.std().item() / math.sqrt(args.n_eval), 2) if args.n_eval > 1 else None,
         "eval_seconds": round(eval_seconds, 1),
+        # GPU only: the same digits, draws and model, scored with TF32 off (paired: the difference is precision's)
+        "iw_nll_fp32": None if log_px_fp32 is None else round(-log_px_fp32.mean().item(), 3),
+        "iw_nll_tf32_minus_fp32": None if log_px_fp32 is None else round((log_px_fp32 - log_px).mean().item(), 4),
     }
     print(json.dumps(result))
     return result

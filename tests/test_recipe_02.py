@@ -28,6 +28,22 @@ def test_tiny_run_trains_the_notebooks_model_and_scores_it(recipe, monkeypatch):
     gain = result["neg_elbo_eval"] - result["iw_nll"]
     assert gain > 0 and abs(result["iw_nll_all_cv"] - (result["test_neg_elbo"] - gain)) < 0.02, result
     assert 0 < result["iw_nll_all_cv_se"], result
+    assert result["iw_nll_fp32"] is None  # the full-float32 rescoring runs on a GPU only (a CPU has no TF32)
+
+
+def test_full_float32_turns_tf32_off_and_restores_the_settings(recipe):
+    import torch
+    before = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
+    torch.set_float32_matmul_precision("high")  # as notebook 02's set-up cell does on a GPU
+    try:
+        with pytest.raises(ZeroDivisionError):
+            with recipe.full_float32():
+                assert torch.get_float32_matmul_precision() == "highest"
+                assert torch.backends.cudnn.allow_tf32 is False
+                1 / 0
+        assert torch.get_float32_matmul_precision() == "high" and torch.backends.cudnn.allow_tf32 == before[1]
+    finally:
+        torch.set_float32_matmul_precision(before[0])
 
 
 def test_an_interrupted_training_keeps_what_it_learned(recipe, monkeypatch, capsys):
