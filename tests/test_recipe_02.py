@@ -46,6 +46,26 @@ def test_full_float32_turns_tf32_off_and_restores_the_settings(recipe):
         torch.set_float32_matmul_precision(before[0])
 
 
+def test_a_run_limited_by_epochs_does_not_depend_on_the_clock(recipe, monkeypatch):
+    # on a CPU the epoch limit stops training long before the clock: two runs must then give the same weights
+    # however fast the machine is (the first step's learning rate used to be read off the clock)
+    import itertools
+    import torch
+    monkeypatch.setenv("COURSE_DEVICE", "cpu")
+    namespace = recipe.notebook_namespace()
+    x = torch.rand(256, 1, 28, 28)
+    weights = []
+    for seconds_per_read in (1e-6, 0.01):  # a fast machine and a slow one
+        ticks = itertools.count()
+        monkeypatch.setattr(namespace["time"], "perf_counter", lambda: next(ticks) * seconds_per_read)
+        torch.manual_seed(0)
+        model = namespace["VAE"](namespace["VAEConfig"](channels=(8, 16), hidden=32))
+        cfg = namespace["TrainConfig"](time_budget_s=300, max_epochs=2, batch_size=64)
+        namespace["train_within_budget"](model, namespace["train_neg_elbo"], x, cfg)
+        weights.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*weights))
+
+
 def test_an_interrupted_training_keeps_what_it_learned(recipe, monkeypatch, capsys):
     # Ctrl-C (or Jupyter's stop button) in the middle of notebook 02's loop: the weights stay trained, the full
     # epochs stay in the history, and nothing is written to the cache as if the run had completed
