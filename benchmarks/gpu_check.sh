@@ -17,7 +17,7 @@
 #                                               # time and Checks output are written as it finishes
 #     bash benchmarks/gpu_check.sh step         # where notebook 02's step spends its time: variants side by
 #                                               # side (CUDA graph, bf16, channels-last, ...), a profile,
-#                                               # and torch.compile's variant                      (~2 min)
+#                                               # and torch.compile's variant (not yet timed on a GPU)
 #     bash benchmarks/gpu_check.sh bench        # make bench + notebook 04's Pyro step table      (~1-2 min)
 #     bash benchmarks/gpu_check.sh series       # every notebook, full mode, cold cache: table     (target < 10 min)
 #     bash benchmarks/gpu_check.sh warm         # the same again with the cache warm: the ratio
@@ -94,7 +94,7 @@ case "$stage" in
     all)  # the short, decisive measurements first; then the series, whose length is the unknown
         bench
         step
-        recipe_headline  # a second H100 run of the 84-nat recipe, and what TF32 in the scoring moves (~1.5 min)
+        recipe_headline  # a second H100 run of the 84-nat recipe, and what TF32 in the scoring moves
         series
         if [ "$(left)" -gt 120 ]; then warm; else echo "skipped warm: $(left) s left" >> "$log"; fi
         if [ "$(left)" -gt 60 ]; then unit; else echo "skipped unit tests: $(left) s left" >> "$log"; fi

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recipe_02 import notebook_namespace  # noqa: E402  (the notebook's model, loss and set-up)
+from recipe_02 import model_sizes, notebook_namespace  # noqa: E402  (the notebook's model, loss, set-up)
 
 VARIANTS = ("notebook", "channels_last", "bf16", "graph", "compile", "batch2x")
 TRAIN_SECONDS = 30.0  # notebook 02's budget on a GPU
@@ -135,13 +135,6 @@ def time_variant(variant: str, nb: dict, x_train: torch.Tensor, args, initial_st
             "images_per_s": round(batch * args.steps / seconds), "setup_s": round(setup_seconds, 1),
             "epochs_in_30s": round(TRAIN_SECONDS / (ms / 1000) / steps_per_epoch, 1),
             "loss_last_20": round(torch.stack(losses[-20:]).float().mean().item(), 2)}
-
-
-def model_sizes(args) -> dict:
-    sizes = {"channels": tuple(args.channels)} if args.channels else {}
-    if args.hidden:
-        sizes["hidden"] = args.hidden
-    return sizes
 
 
 def profile_notebook_step(nb: dict, x_train: torch.Tensor, args, initial_state: dict) -> dict:

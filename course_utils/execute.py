@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="fail a notebook whose cell runs longer than S seconds, naming the cell, and go on to "
                              "the next notebook (default: no limit; a CPU's full mode has cells of many minutes)")
     args = parser.parse_args(argv)
+    import nbformat  # a development dependency, as nbclient: imported only when notebooks are run
 
     notebooks = sorted((PROJECT_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if args.only:
@@ -92,7 +93,6 @@ def main(argv: list[str] | None = None) -> int:
         seconds, error = execute_notebook(nb, out_dir, quick=args.quick, timeout=args.cell_timeout)
         print(f"{seconds:7.1f} s" + (f"  FAILED: {error}" if error else ""), flush=True)
         if not error:
-            import nbformat
             checks = checks_output(nbformat.read(out_dir / nb.name, as_version=4))
             print("    " + checks.replace("\n", "\n    "), flush=True)
         rows.append((nb.name, seconds, error))

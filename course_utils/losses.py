@@ -206,3 +206,28 @@ def iw_log_likelihood(model: EncoderDecoder, x: torch.Tensor, k: int = 5000,
     finally:
         if was_training and hasattr(model, "train"):
             model.train()
+
+
+def nll_from_subset(log_px: torch.Tensor, neg_elbo_draws: torch.Tensor, neg_elbo_all: float,
+                    n_all: int) -> tuple[float, float]:
+    """-log p(x) averaged over a whole test set, from importance sampling on a subset of it: (estimate, s.e.).
+
+    The ELBO, cheap for every example, serves as a control variate: the *gain* of importance sampling over
+    the ELBO varies far less from example to example than either does, so
+    NLL(all) ~= negative ELBO(all) - mean gain(subset).
+    - ``log_px`` ``[n]``: ``iw_log_likelihood`` of the scored examples;
+    - ``neg_elbo_draws`` ``[S, n]``: their negative ELBO at S independent draws of z each (averaged: one draw's
+      noise would otherwise be most of the gain's spread);
+    - ``neg_elbo_all``: the mean one-draw negative ELBO of all ``n_all`` examples.
+    The standard error has two parts: the gain's spread over the subset, and the one draw of z behind each
+    example's ELBO in the all-example mean (estimated from the S draws).
+    """
+    if neg_elbo_draws.dim() != 2 or neg_elbo_draws.shape[1] != log_px.shape[0] or neg_elbo_draws.shape[0] < 2:
+        raise ValueError(f"neg_elbo_draws must be [S >= 2, n] for log_px [n] = {tuple(log_px.shape)}, "
+                         f"got {tuple(neg_elbo_draws.shape)}.")
+    if n_all < log_px.shape[0]:
+        raise ValueError(f"n_all = {n_all} is smaller than the {log_px.shape[0]} scored examples.")
+    gain = neg_elbo_draws.mean(0) + log_px  # [n]: what importance sampling gains over the ELBO, example by example
+    one_draw_var = neg_elbo_draws.var(0).mean().item()  # how much one draw of z moves an example's ELBO, squared
+    se = math.sqrt(gain.var().item() / log_px.shape[0] + one_draw_var / n_all)
+    return neg_elbo_all - gain.mean().item(), se

@@ -29,16 +29,17 @@ def _mps_available() -> bool:
     return bool(backend is not None and backend.is_available())
 
 
-def get_device(prefer: str | None = None) -> torch.device:
+def get_device(prefer: str | None = None, *, default: str | None = None) -> torch.device:
     """Return the device to compute on.
 
-    prefer=None picks the best available (cuda > mps > cpu). The environment variable
-    COURSE_DEVICE overrides that choice (e.g. COURSE_DEVICE=cpu to force the CPU).
+    prefer=None picks the best available (cuda > mps > cpu), or ``default`` where given (notebook 01 asks
+    for the CPU: its tensors are too small for a GPU to pay). The environment variable COURSE_DEVICE
+    overrides either choice (e.g. COURSE_DEVICE=cpu to force the CPU, COURSE_DEVICE=cuda to try a GPU).
     prefer="cuda" (or "mps") raises a RuntimeError that says what to do when that
     device is not there, instead of silently falling back to the CPU.
     """
     if prefer is None:
-        prefer = os.environ.get("COURSE_DEVICE") or None
+        prefer = os.environ.get("COURSE_DEVICE") or default
     if prefer is None:
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -189,3 +189,22 @@ def test_validation_can_be_switched_off_for_speed():
         losses.set_validation(True)
     with pytest.raises(ValueError):
         bernoulli_nll(torch.zeros(1, 1), bad)
+
+
+def test_nll_from_subset_is_the_control_variate_formula_and_its_two_part_error():
+    from course_utils.losses import nll_from_subset
+    gen = torch.Generator().manual_seed(0)
+    n, s, n_all = 50, 8, 1000
+    log_px = -90 - 10 * torch.rand(n, generator=gen)  # [n]
+    draws = -log_px + 4 + torch.randn(s, n, generator=gen)  # [S, n]: the ELBO lies ~4 nats above -log p(x)
+    estimate, se = nll_from_subset(log_px, draws, neg_elbo_all=97.0, n_all=n_all)
+    gain = draws.mean(0) + log_px
+    assert estimate == pytest.approx(97.0 - gain.mean().item())
+    assert se == pytest.approx(math.sqrt(gain.var().item() / n + draws.var(0).mean().item() / n_all))
+    # with no scatter in the gain, only the one draw behind each of the n_all ELBOs is left
+    same_gain = torch.stack([-log_px + 4 + d for d in (-1.0, 1.0)])  # [2, n]: each digit's draws at -1 and +1
+    assert nll_from_subset(log_px, same_gain, 97.0, n_all)[1] == pytest.approx(math.sqrt(2 / n_all))
+    with pytest.raises(ValueError, match=r"\[S >= 2, n\]"):
+        nll_from_subset(log_px, draws[:1], 97.0, n_all)
+    with pytest.raises(ValueError, match="smaller than"):
+        nll_from_subset(log_px, draws, 97.0, n_all=10)

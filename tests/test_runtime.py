@@ -62,3 +62,13 @@ def test_device_name_says_what_a_cpu_timing_ran_on():
     name = runtime.device_name("cpu")
     assert name.startswith("CPU (") and f"{torch.get_num_threads()} torch threads" in name
     assert name in runtime.describe(torch.device("cpu"))
+
+
+def test_a_default_device_replaces_the_automatic_choice_but_not_course_device(monkeypatch):
+    # notebook 01 runs on the CPU even beside a GPU, unless COURSE_DEVICE names a device
+    monkeypatch.delenv("COURSE_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
+    assert runtime.get_device(default="cpu") == torch.device("cpu")
+    assert runtime.get_device() == torch.device("cuda")
+    monkeypatch.setenv("COURSE_DEVICE", "cuda")
+    assert runtime.get_device(default="cpu") == torch.device("cuda")
