@@ -15,17 +15,18 @@
 #                                               # is left. Give the call a timeout_s of about 570: killed at
 #                                               # its limit, it still returns the log, where each notebook's
 #                                               # time and Checks output are written as it finishes
-#     bash benchmarks/gpu_check.sh step         # where notebook 02's step spends its time: variants side by
-#                                               # side (CUDA graph, bf16, channels-last, ...), a profile,
+#     bash benchmarks/gpu_check.sh step         # where notebook 02's step spends its time: the CUDA-graph
+#                                               # test, then variants side by side (the notebook's CUDA
+#                                               # graph, bf16, channels-last, ...), a profile,
 #                                               # and torch.compile's variant (not yet timed on a GPU)
 #     bash benchmarks/gpu_check.sh bench        # make bench + notebook 04's Pyro step table      (~1-2 min)
 #     bash benchmarks/gpu_check.sh series       # every notebook, full mode, cold cache: table     (target < 10 min)
 #     bash benchmarks/gpu_check.sh warm         # the same again with the cache warm: the ratio
 #     bash benchmarks/gpu_check.sh 02           # notebook 02 alone, full mode (the 84-nat target)
 #     bash benchmarks/gpu_check.sh recipe       # notebook 02's recipe alone, 30 s, k = 5000 on all digits
-#                                               # (scored again in full float32, no TF32);
-#                                               # then the same with 512 hidden units (the model before
-#                                               # it widened) and with batches of 1024              (~5 min)
+#                                               # (scored again in full float32, no TF32), with the
+#                                               # notebook's CUDA-graph step; then the same with the plain
+#                                               # step (--no-graph) and with batches of 1024         (~5 min)
 # Any other argument is passed to `course_utils.execute --only` (e.g. `03,05`).
 #
 # Results: $OUT/<stage>.log (tables as printed), $OUT/bench.json, and the executed notebooks of the
@@ -77,6 +78,7 @@ series() {
 }
 score="--k 5000 --n-eval 10000 --max-decode 50000"  # the 84-nat target's scoring: k = 5000, all test digits
 step() {  # notebook 02's training step: which lever the 30-s target needs (torch.compile: stage 'step' only)
+    run python3 -m pytest -q -p no:cacheprovider tests/test_graph_step.py  # the recorded step trains as the plain one
     run python3 benchmarks/step_02.py --profile --json "$OUT/step.json"
 }
 recipe_headline() {  # notebook 02's recipe, 30 s on the clock, scored as the target is, then again in full float32
@@ -108,7 +110,7 @@ case "$stage" in
     warm) warm ;;
     recipe)
         recipe_headline
-        run python3 benchmarks/recipe_02.py --budget-s 30 --epochs 100 $score --hidden 512
+        run python3 benchmarks/recipe_02.py --budget-s 30 --epochs 100 $score --no-graph
         run python3 benchmarks/recipe_02.py --budget-s 30 --epochs 100 $score --batch 1024 --lr 4e-3
         ;;
     *)

@@ -6,12 +6,13 @@
 Notebook 02's large model (read from the notebook, as ``recipe_02.py`` does) takes training steps on the
 device's own MNIST batches, one variant at a time, each from the same initial weights:
 
-- ``notebook``: the notebook's step (``train_neg_elbo``, Adam; on a GPU the notebook's set-up cell has
-  already switched on TF32 and cuDNN's autotuner);
+- ``notebook``: the notebook's plain step (``train_neg_elbo``, fused Adam; on a GPU the notebook's set-up
+  cell has already switched on TF32 and cuDNN's autotuner), as ``train_within_budget(..., cuda_graph=False)``;
 - ``channels_last``: the same with the model and the batches in channels-last memory layout;
 - ``bf16``: the forward pass under ``torch.autocast`` in bfloat16 (the loss is still summed in float32);
-- ``graph`` (CUDA only): the whole step (binarization, forward, backward, Adam) captured once as a CUDA
-  graph and replayed, which removes the per-kernel launch cost from Python;
+- ``graph`` (CUDA only): the whole step (binarization, forward, backward, Adam) recorded once as a CUDA
+  graph and replayed, which removes the per-kernel launch cost from Python: ``course_utils.train.cuda_graphed``,
+  which the notebook's loop itself uses on a GPU (``notebook`` is its plain step, ``cuda_graph=False``);
 - ``compile``: ``torch.compile(model)``; its first call's compile time is reported apart;
 - ``batch2x``: the notebook's step at twice the batch size (fewer, larger steps per epoch).
 
@@ -77,30 +78,21 @@ def make_step(variant: str, model: torch.nn.Module, nb: dict, lr: float, example
     if variant == "channels_last":
         model.to(memory_format=torch.channels_last)
     net = torch.compile(model) if variant == "compile" else model
-    if variant == "graph":
-        if not on_gpu:
-            raise RuntimeError("a CUDA graph needs a CUDA device")
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr, capturable=True)
-        static_x = example.clone()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm up on a side stream before capture, as the CUDA-graph docs ask
-            for _ in range(3):
-                optimizer.zero_grad(set_to_none=True)
-                loss_fn(model, static_x)["loss"].backward()
-                optimizer.step()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        optimizer.zero_grad(set_to_none=True)
-        with torch.cuda.graph(graph):
-            static_loss = loss_fn(model, static_x)["loss"]
-            static_loss.backward()
+    if variant == "graph":  # the notebook's own recording: course_utils.train.cuda_graphed, as it calls it
+        from course_utils import train
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=on_gpu, capturable=True)
+
+        def update(x_gray: torch.Tensor) -> torch.Tensor:
+            loss = loss_fn(model, x_gray)["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
             optimizer.step()
+            return loss.detach()
+        replay = train.cuda_graphed(update, example, model, optimizer, fallback=False)
 
         def step(x_gray: torch.Tensor) -> torch.Tensor:
-            static_x.copy_(x_gray)
-            graph.replay()
-            return static_loss.detach().clone()
+            train.set_lr(optimizer, lr)  # as the notebook's loop does every step (a device-side fill here)
+            return replay(x_gray)
         return step
 
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=on_gpu)

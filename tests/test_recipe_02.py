@@ -29,6 +29,7 @@ def test_tiny_run_trains_the_notebooks_model_and_scores_it(recipe, monkeypatch):
     assert gain > 0 and abs(result["iw_nll_all_cv"] - (result["test_neg_elbo"] - gain)) < 0.02, result
     assert 0 < result["iw_nll_all_cv_se"], result
     assert result["iw_nll_fp32"] is None  # the full-float32 rescoring runs on a GPU only (a CPU has no TF32)
+    assert result["cuda_graph"] is False  # on the CPU, the plain step: recording a CUDA graph needs CUDA
 
 
 def test_full_float32_turns_tf32_off_and_restores_the_settings(recipe):
