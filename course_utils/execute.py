@@ -44,6 +44,9 @@ def execute_notebook(path: Path, out_dir: Path, quick: bool, timeout: int | None
     start = time.perf_counter()
     try:
         NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                       # ipykernel >= 7 logs a warning about unencrypted local sockets into the middle of the
+                       # timing table; the kernel's own log stays quiet below errors (cell output is unaffected)
+                       extra_arguments=["--IPKernelApp.log_level=ERROR"],
                        resources={"metadata": {"path": str(path.parent)}}).execute()
     except Exception as e:  # keep going: write what ran, report the failure
         lines = [line for line in str(e).strip().splitlines() if line.strip()]

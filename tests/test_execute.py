@@ -31,6 +31,18 @@ def test_execute_without_nbconvert_writes_the_notebook_and_no_html(tmp_path, mon
     assert not (tmp_path / "out" / "nb.html").exists()
 
 
+def test_the_kernels_own_log_stays_out_of_the_table_and_the_notebooks_warnings_stay_in(tmp_path, capfd):
+    # ipykernel >= 7 logs a warning about unencrypted sockets to the terminal, between a notebook's name and
+    # its time in `make execute`'s table; a warning raised by the notebook's code must still reach its output
+    src = tmp_path / "warns.ipynb"
+    nbformat.write(_notebook("import warnings; warnings.warn('sigma is clamped')"), src)
+    _, error = execute_notebook(src, tmp_path / "out", quick=True)
+    assert error is None
+    assert "WARNING" not in capfd.readouterr().err
+    outputs = nbformat.read(tmp_path / "out" / "warns.ipynb", as_version=4).cells[0].outputs
+    assert any("sigma is clamped" in o.get("text", "") for o in outputs)
+
+
 def test_a_failing_notebook_reports_its_error(tmp_path, capsys):
     src = tmp_path / "bad.ipynb"
     nbformat.write(_notebook("raise ValueError('wrong shape: pass (N, 1, 28, 28)')"), src)
