@@ -78,11 +78,19 @@ def test_cuda_graphed_says_what_to_do_on_a_cpu_or_with_a_plain_optimizer():
             train.cuda_graphed(_step(net, optimizer), torch.randn(8, 6, device="cuda"), net, optimizer)
 
 
+@pytest.fixture
+def no_tf32():
+    """Full float32 matrix products for one test, then the setting as it was."""
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = before
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_a_recorded_step_trains_as_the_plain_step_does():
+def test_a_recorded_step_trains_as_the_plain_step_does(no_tf32):
     """No randomness in this step, so replaying the recording must follow the plain step's weights closely,
     with the learning rate changed between steps through set_lr (the schedule of notebook 02)."""
-    torch.backends.cuda.matmul.allow_tf32 = False
     xs = [torch.randn(64, 6, device="cuda") for _ in range(20)]
     runs = {}
     for graphed in (False, True):
