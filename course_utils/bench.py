@@ -18,7 +18,9 @@ batch size on a GPU (512; 128 elsewhere), fed two ways, side by side in one run:
   pipeline, and favours the DataLoader.
 
 Same model, same initial weights, same batch size, same step; warm-up steps are excluded and the
-device is synchronized before the clock starts and after the last step.
+device is synchronized before the clock starts and after the last step. On a GPU the step is the one
+notebook 02 takes there: fused Adam, recorded once as a CUDA graph and replayed (``--no-graph`` for the
+plain step); elsewhere the plain step.
 
 Part 2 times one optimization step of ``MLPVAE`` as Pyro SVI and as hand-written PyTorch on the
 same batches (notebook 04's table), through ``course_utils.pyro_vae``.
@@ -42,12 +44,13 @@ from .data import batches, binarize, load_mnist, to_float
 from .losses import bernoulli_nll, kl_diag_normal
 from .models import ConvConfig, ConvVAE, MLPVAE
 from .runtime import device_name, get_device, is_quick, time_steps
+from .train import cuda_graphed
 
 # Notebook 02's `BIG = VAEConfig(z_dim=32, channels=(64, 128), hidden=1024)`, written with the course's ConvVAE
 # (the same layers; tests/test_recipe_02.py checks that the two have the same weights' shapes).
 NOTEBOOK_02_MODEL = ConvConfig(z_dim=32, channels=(64, 128), hidden=1024)
 
-Step = Callable[[torch.Tensor], None]
+Step = Callable[[torch.Tensor], object]
 
 
 # ----------------------------------------------------------------------------------------
@@ -101,26 +104,39 @@ def loader_batches(dataset: torch.utils.data.Dataset, batch_size: int, device: t
             yield binarize(x_gray.to(device, non_blocking=pin), check=False)  # ToTensor's range is [0, 1]
 
 
-def conv_vae_step(model: ConvVAE, lr: float = 1e-3) -> Step:
-    """One Adam step on the mean Bernoulli negative ELBO of a batch of binary images (notebook 02's loss)."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+def conv_vae_step(model: ConvVAE, lr: float = 1e-3, *, graph_example: torch.Tensor | None = None) -> Step:
+    """One Adam step on the mean Bernoulli negative ELBO of a batch of binary images (notebook 02's loss);
+    the step returns the loss, still on the device.
 
-    def step(x: torch.Tensor) -> None:
+    On a GPU, Adam is fused, as in notebook 02; with ``graph_example`` (a CUDA batch of the shape every batch
+    will have) the step is recorded once as a CUDA graph and replayed, as notebook 02 trains on a GPU
+    (``course_utils.train.cuda_graphed``).
+    """
+    on_gpu = next(model.parameters()).device.type == "cuda"
+    graphed = graph_example is not None
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=on_gpu, capturable=graphed)
+
+    def step(x: torch.Tensor) -> torch.Tensor:
         x_logits, z_loc, z_logvar = model(x)
         neg_elbo = (bernoulli_nll(x_logits, x, validate=False) + kl_diag_normal(z_loc, z_logvar)).mean()
         optimizer.zero_grad(set_to_none=True)
         neg_elbo.backward()
         optimizer.step()
-    return step
+        return neg_elbo.detach()
+    return cuda_graphed(step, graph_example, model, optimizer, fallback=False) if graphed else step
 
 
 def throughput_rows(images: torch.Tensor, labels: torch.Tensor, device: torch.device, *, batch_size: int,
-                    steps: int, warmup: int, num_workers: Sequence[int], seed: int = 0) -> list[dict]:
+                    steps: int, warmup: int, num_workers: Sequence[int], seed: int = 0,
+                    graph: bool = False) -> list[dict]:
     """Images per second of the conv VAE fed by course batches and by a DataLoader per ``num_workers``.
 
     images: uint8 ``[N, 1, 28, 28]`` on the CPU (``load_mnist``), labels ``[N]``. Every row starts from
-    the same initial weights. Rows: ``{"pipeline", "num_workers", "seconds", "ms_per_step", "images_per_s"}``.
+    the same initial weights and takes the same step: with ``graph`` (CUDA only), notebook 02's recorded one.
+    Rows: ``{"pipeline", "num_workers", "seconds", "ms_per_step", "images_per_s"}``.
     """
+    if graph and device.type != "cuda":
+        raise ValueError(f"a recorded CUDA graph step needs a CUDA device, not {device}: pass graph=False.")
     if images.dtype != torch.uint8 or images.dim() != 4:
         raise ValueError(f"throughput_rows wants uint8 images [N, 1, H, W] from load_mnist, got {images.dtype} "
                          f"{tuple(images.shape)}.")
@@ -140,7 +156,9 @@ def throughput_rows(images: torch.Tensor, labels: torch.Tensor, device: torch.de
         model = ConvVAE(NOTEBOOK_02_MODEL).to(device)
         source = make_source()
         try:
-            seconds = time_steps(conv_vae_step(model), source, device, steps=steps, warmup=warmup)
+            example = next(source) if graph else None  # recording needs one batch of the right shape
+            seconds = time_steps(conv_vae_step(model, graph_example=example), source, device, steps=steps,
+                                 warmup=warmup)
         finally:
             source.close()  # shuts the DataLoader's workers down
         rows.append({"pipeline": pipeline, "num_workers": workers, "seconds": seconds,
@@ -185,13 +203,16 @@ def pyro_rows(x: torch.Tensor, *, batch_size: int, steps: int, warmup: int, incl
 # ----------------------------------------------------------------------------------------
 def run(*, device: torch.device, steps: int, warmup: int, batch_size: int, num_workers: Sequence[int],
         pyro_batch_size: int, limit: int | None, include_jit: bool, few_variants: bool = False,
-        seed: int = 0) -> dict:
-    """Both parts of the benchmark; returns the report as a dict (what ``--json`` writes)."""
+        seed: int = 0, graph: bool | None = None) -> dict:
+    """Both parts of the benchmark; returns the report as a dict (what ``--json`` writes).
+
+    graph: part 1's step recorded as a CUDA graph, as notebook 02 trains (default: on a CUDA device)."""
+    graph = device.type == "cuda" if graph is None else graph
     images, labels = load_mnist("train")
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     throughput = throughput_rows(images, labels, device, batch_size=batch_size, steps=steps, warmup=warmup,
-                                 num_workers=num_workers, seed=seed)
+                                 num_workers=num_workers, seed=seed, graph=graph)
     course, loaders = throughput[0], throughput[1:]
     best_loader = max(loaders, key=lambda r: r["images_per_s"]) if loaders else None
     n_pyro = min(len(images), 4 * pyro_batch_size)
@@ -208,6 +229,7 @@ def run(*, device: torch.device, steps: int, warmup: int, batch_size: int, num_w
         "steps": steps,
         "warmup": warmup,
         "batch_size": batch_size,
+        "step": "recorded CUDA graph, as notebook 02 on a GPU" if graph else "plain (eager)",
         "model": f"ConvVAE(z_dim={NOTEBOOK_02_MODEL.z_dim}, channels={NOTEBOOK_02_MODEL.channels}, "
                  f"hidden={NOTEBOOK_02_MODEL.hidden})",
         "images": len(images),
@@ -226,7 +248,7 @@ def format_report(report: dict) -> str:
         "",
         f"device: {report['device']} ({report['device_name']}) | torch {report['torch']} | {report['date']} | "
         f"{report['steps']} timed steps after {report['warmup']} warm-up | batch size {report['batch_size']} | "
-        f"{report['images']} training images",
+        f"{report['images']} training images | step: {report['step']}",
         "",
         "| pipeline | images/s | ms/step | speed-up of course batches |",
         "|---|---:|---:|---:|",
@@ -264,6 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="DataLoader worker counts, one row each (default: 0 and min(4, CPU cores); quick: 0)")
     parser.add_argument("--pyro-batch-size", type=int, default=None, help="default: --batch-size")
     parser.add_argument("--jit", action="store_true", help="also time Pyro's JIT ELBOs (slow to compile)")
+    parser.add_argument("--no-graph", action="store_true",
+                        help="on a GPU, part 1 takes the plain step instead of notebook 02's recorded CUDA graph")
     parser.add_argument("--quick", action="store_true", default=is_quick(),
                         help="a tiny smoke run: 1024 images, 3 Pyro variants (also set by COURSE_QUICK=1)")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the numbers here")
@@ -280,7 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--steps and --batch-size must be positive; --warmup and --num-workers not negative.")
     report = run(device=device, steps=steps, warmup=warmup, batch_size=batch_size,
                  num_workers=num_workers, pyro_batch_size=args.pyro_batch_size or batch_size,
-                 limit=1024 if args.quick else None, include_jit=args.jit, few_variants=args.quick)
+                 limit=1024 if args.quick else None, include_jit=args.jit, few_variants=args.quick,
+                 graph=device.type == "cuda" and not args.no_graph)
     report["command"] = " ".join(["python -m course_utils.bench", *(sys.argv[1:] if argv is None else argv)])
     print(format_report(report))
     print(f"\ncommand: {report['command']}")

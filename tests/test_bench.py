@@ -31,6 +31,7 @@ def test_quick_run_reports_both_parts(tmp_path, capsys):
         assert _positive_finite(row["images_per_s"]) and _positive_finite(row["ms_per_step"])
         assert row["images_per_s"] == pytest.approx(2 * 16 / row["seconds"])
     assert _positive_finite(report["ratio_vs_best_loader"])
+    assert report["step"] == "plain (eager)"  # a recorded CUDA graph only on a GPU
 
     pyro = report["pyro"]
     assert pyro["batch_size"] == 16 and len(pyro["rows"]) == 3
@@ -85,6 +86,18 @@ def test_time_steps_and_arguments_are_checked():
         bench.time_steps(lambda x: None, iter([]), torch.device("cpu"), steps=0, warmup=0)
     with pytest.raises(SystemExit):
         bench.main(["--device", "cpu", "--steps", "0"])
+
+
+def test_the_step_is_notebook_02s_and_a_graph_is_refused_off_cuda(device_reads):
+    model = bench.ConvVAE(bench.ConvConfig(z_dim=4, channels=(4, 8), hidden=16))
+    step = bench.conv_vae_step(model)
+    x = (torch.rand(8, 1, 28, 28) < 0.5).float()
+    first = step(x)
+    assert first.dim() == 0 and torch.isfinite(first)
+    assert device_reads(step, x) == {}  # nothing read back per step: on a GPU it could be recorded
+    with pytest.raises(ValueError, match="CUDA device"):
+        bench.throughput_rows(torch.zeros(16, 1, 28, 28, dtype=torch.uint8), torch.zeros(16, dtype=torch.long),
+                              torch.device("cpu"), batch_size=8, steps=1, warmup=0, num_workers=[], graph=True)
 
 
 def test_neither_source_reads_back_from_the_device_per_batch(monkeypatch):
