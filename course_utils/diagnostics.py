@@ -28,7 +28,7 @@ from torch import nn
 
 from .data import map_batches
 from .losses import log_normal_diag
-from . import runtime
+from . import runtime  # runtime.has_float64 is looked up at call time: a test stands in for a device without float64
 from .runtime import as_float64
 
 if TYPE_CHECKING:  # matplotlib is imported only when a dashboard is drawn (train.py imports this module)
