@@ -13,6 +13,8 @@ device's own MNIST batches, one variant at a time, each from the same initial we
 - ``graph`` (CUDA only): the whole step (binarization, forward, backward, Adam) recorded once as a CUDA
   graph and replayed, which removes the per-kernel launch cost from Python: ``course_utils.train.cuda_graphed``,
   which the notebook's loop itself uses on a GPU (``notebook`` is its plain step, ``cuda_graph=False``);
+- ``graph_bf16``, ``graph_channels_last``: ``graph`` combined with one of the two above (what is left to gain
+  once the launches are gone);
 - ``compile``: ``torch.compile(model)``; its first call's compile time is reported apart;
 - ``batch2x``: the notebook's step at twice the batch size (fewer, larger steps per epoch).
 
@@ -24,7 +26,7 @@ steps: on a GPU it reports how much of a step's wall time the GPU spends running
 means the step waits on Python and kernel launches) and the kernels that take longest.
 
 On a GPU this is the measurement that says which lever the 30-s target of notebook 02 needs. On a CPU it
-runs too (for the tests), without ``graph``.
+runs too (for the tests), without the ``graph`` variants.
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recipe_02 import model_sizes, notebook_namespace  # noqa: E402  (the notebook's model, loss, set-up)
 
-VARIANTS = ("notebook", "channels_last", "bf16", "graph", "compile", "batch2x")
+VARIANTS = ("notebook", "channels_last", "bf16", "graph", "graph_bf16", "graph_channels_last", "compile", "batch2x")
 TRAIN_SECONDS = 30.0  # notebook 02's budget on a GPU
 
 
@@ -50,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--steps", type=int, default=200, help="timed steps per variant (default 200)")
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps first (default 20)")
-    parser.add_argument("--variants", default="notebook,channels_last,bf16,graph,batch2x",
+    parser.add_argument("--variants", default="notebook,channels_last,bf16,graph,graph_bf16,graph_channels_last,batch2x",
                         help=f"comma-separated, from {','.join(VARIANTS)} (compile is off by default: it "
                              "takes a while)")
     parser.add_argument("--hidden", type=int, default=None, help="hidden units (default: the notebook's)")
@@ -71,40 +73,39 @@ def batch_source(x: torch.Tensor, batch_size: int, data, seed: int = 0):
 
 
 def make_step(variant: str, model: torch.nn.Module, nb: dict, lr: float, example: torch.Tensor):
-    """A function step(x_gray) -> loss tensor (still on the device) for one variant; the model is trained in place."""
+    """A function step(x_gray) -> loss tensor (still on the device) for one variant; the model is trained in place.
+
+    A variant's name says what it changes: ``channels_last``, ``bf16``, ``compile``, and ``graph`` first
+    (``graph_bf16``: the bf16 step, recorded)."""
     device, loss_fn = example.device, nb["train_neg_elbo"]
     on_gpu = device.type == "cuda"
-    layout = torch.channels_last if variant == "channels_last" else torch.contiguous_format
-    if variant == "channels_last":
+    graph, bf16 = variant.startswith("graph"), "bf16" in variant
+    if graph and not on_gpu:
+        raise RuntimeError("a CUDA graph needs a CUDA device")
+    layout = torch.channels_last if "channels_last" in variant else torch.contiguous_format
+    if layout is torch.channels_last:
         model.to(memory_format=torch.channels_last)
     net = torch.compile(model) if variant == "compile" else model
-    if variant == "graph":  # the notebook's own recording: course_utils.train.cuda_graphed, as it calls it
-        from course_utils import train
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=on_gpu, capturable=True)
+    # fused: as the notebook on a GPU; capturable: a recorded step (the notebook's own, course_utils.train's)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=on_gpu, capturable=graph)
 
-        def update(x_gray: torch.Tensor) -> torch.Tensor:
-            loss = loss_fn(model, x_gray)["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            return loss.detach()
-        replay = train.cuda_graphed(update, example, model, optimizer, fallback=False)
-
-        def step(x_gray: torch.Tensor) -> torch.Tensor:
-            train.set_lr(optimizer, lr)  # as the notebook's loop does every step (a device-side fill here)
-            return replay(x_gray)
-        return step
-
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=on_gpu)
-
-    def step(x_gray: torch.Tensor) -> torch.Tensor:
+    def update(x_gray: torch.Tensor) -> torch.Tensor:
         x_gray = x_gray.contiguous(memory_format=layout)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant == "bf16"):
+        # autocast's cache of cast weights must be off inside a recording (PyTorch's CUDA-graph notes)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=not graph):
             loss = loss_fn(net, x_gray)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.float().backward()
         optimizer.step()
         return loss.detach()
+    if not graph:
+        return update
+    from course_utils import train
+    replay = train.cuda_graphed(update, example, model, optimizer, fallback=False)
+
+    def step(x_gray: torch.Tensor) -> torch.Tensor:
+        train.set_lr(optimizer, lr)  # as the notebook's loop does every step (a device-side fill here)
+        return replay(x_gray)
     return step
 
 
@@ -175,9 +176,10 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"unknown variants {unknown}; choose from {','.join(VARIANTS)}")
     nb = notebook_namespace()
     device, data, runtime = nb["device"], nb["data"], nb["runtime"]
-    if device.type != "cuda" and "graph" in variants:
-        variants.remove("graph")
-        print("(graph skipped: it needs a CUDA device)")
+    recorded = [v for v in variants if v.startswith("graph")]
+    if device.type != "cuda" and recorded:
+        variants = [v for v in variants if v not in recorded]
+        print(f"({', '.join(recorded)} skipped: a CUDA graph needs a CUDA device)")
     x_train, _ = data.mnist_tensors("train", device, limit=args.n_train)
     runtime.seed_everything(0)
     initial_state = {k: v.clone() for k, v in nb["VAE"](nb["VAEConfig"](**model_sizes(args))).state_dict().items()}

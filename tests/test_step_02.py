@@ -12,7 +12,7 @@ def test_variants_run_side_by_side_and_train_alike(step_02, monkeypatch, tmp_pat
     out = tmp_path / "step.json"
     result = step_02.main(["--n-train", "1024", "--steps", "3", "--warmup", "1", "--hidden", "32",
                            "--channels", "8", "16", "--batch", "64", "--profile", "--json", str(out),
-                           "--variants", "notebook,channels_last,bf16,batch2x,graph"])
+                           "--variants", "notebook,channels_last,bf16,batch2x,graph,graph_bf16"])
     rows = {r["variant"]: r for r in result["rows"]}
     assert list(rows) == ["notebook", "channels_last", "bf16", "batch2x"]  # graph needs CUDA: skipped on a CPU
     assert all("error" not in r for r in rows.values()), rows
