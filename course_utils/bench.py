@@ -156,11 +156,12 @@ def throughput_rows(images: torch.Tensor, labels: torch.Tensor, device: torch.de
     for pipeline, workers, make_source in sources:
         torch.manual_seed(seed)
         model = ConvVAE(NOTEBOOK_02_MODEL).to(device)
+        # recording needs one batch of the right shape: taken from the device before any loader thread starts
+        example = binarize(x_device[:batch_size], check=False) if graph else None
+        step = conv_vae_step(model, graph_example=example)
         source = make_source()
         try:
-            example = next(source) if graph else None  # recording needs one batch of the right shape
-            seconds = time_steps(conv_vae_step(model, graph_example=example), source, device, steps=steps,
-                                 warmup=warmup)
+            seconds = time_steps(step, source, device, steps=steps, warmup=warmup)
         finally:
             source.close()  # shuts the DataLoader's workers down
         rows.append({"pipeline": pipeline, "num_workers": workers, "seconds": seconds,

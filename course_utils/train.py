@@ -18,7 +18,6 @@ launch instead of one per kernel (``restored`` undoes the warm-up steps that rec
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 import copy
 import hashlib
@@ -309,35 +308,47 @@ def cuda_graphed(step: Callable[[torch.Tensor], torch.Tensor], example: torch.Te
         with restored(model, optimizer):
             side = torch.cuda.Stream(device=example.device)
             side.wait_stream(torch.cuda.current_stream(example.device))
-            with torch.cuda.stream(side):  # warm-up: lazy initializations and cuDNN's autotuning happen here
+            with torch.cuda.stream(side), warnings.catch_warnings():
+                # warm-up: lazy initializations and cuDNN's autotuning happen here (torch.optim warns that a
+                # capturable optimizer is stepping uncaptured: here that is the point)
+                warnings.filterwarnings("ignore", message=".*capturable=True can impair performance")
                 for _ in range(warmup):
                     step(static_x)
             torch.cuda.current_stream(example.device).wait_stream(side)
             optimizer.zero_grad(set_to_none=True)  # the recorded backward then writes gradients, not adds to them
-            with torch.cuda.graph(graph):
+            # thread_local: CUDA work of other threads (a DataLoader's pinning thread) does not abort the recording
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 static_out = step(static_x)
     except Exception as e:  # noqa: BLE001 -- any failure to record: say so, train without the graph
         if not fallback:
             raise
+        try:  # a failed recording can leave torch's CUDA random-number generator unusable (older versions)
+            torch.rand(1, device=example.device)
+        except RuntimeError as broken:
+            raise RuntimeError(f"cuda_graphed: recording the step failed ({type(e).__name__}: {str(e)[:200]}), "
+                               "and CUDA cannot go on in this process. Restart the kernel and train with the "
+                               "plain step (cuda_graph=False in notebook 02).") from broken
         warnings.warn(f"cuda_graphed: recording the step failed ({type(e).__name__}: {str(e).strip()[:200]}); "
                       "training with the plain step instead, from the same starting point.", stacklevel=2)
         return step
     if not isinstance(static_out, torch.Tensor):
         raise TypeError(f"cuda_graphed: the step must return one tensor, got {type(static_out).__name__}.")
-    in_flight: collections.deque = collections.deque()
+    events = [torch.cuda.Event() for _ in range(ahead)]  # reused in turn: event i marks replay n, n + ahead, ...
+    replays = 0
 
     def replay(x: torch.Tensor) -> torch.Tensor:
+        nonlocal replays
         if x.shape != static_x.shape:
             raise ValueError(f"a recorded step takes batches of shape {tuple(static_x.shape)}, got "
                              f"{tuple(x.shape)}: use drop_last=True so that every batch is full.")
-        if len(in_flight) >= ahead:
-            in_flight.popleft().synchronize()  # wait for the replay `ahead` steps back, not for the last one
+        event = events[replays % ahead]
+        if replays >= ahead:
+            event.synchronize()  # wait for the replay `ahead` steps back, not for the last one
         static_x.copy_(x)
         graph.replay()
         out = static_out.clone()  # the next replay overwrites static_out
-        event = torch.cuda.Event()
         event.record()
-        in_flight.append(event)
+        replays += 1
         return out
 
     return replay

@@ -1,8 +1,13 @@
 """course_utils.train's helpers for a hand-written GPU loop: set_lr, restored, cuda_graphed.
 
-The recording itself needs a CUDA device (the last test, skipped on a CPU); what a CPU can check is checked
+The recording itself needs a CUDA device (the last three tests, skipped on a CPU); what a CPU can check is checked
 here: the learning rate is set in place, the warm-up is undone exactly, and misuse gets a clear error.
 """
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -112,3 +117,58 @@ def test_a_recorded_step_trains_as_the_plain_step_does(no_tf32):
     with pytest.raises(ValueError, match="drop_last=True"):
         step(torch.randn(10, 6, device="cuda"))
 
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_each_replay_draws_fresh_random_numbers():
+    # notebook 02's claim: a replay differs from the plain step only in its random draws, which are fresh each
+    # time (binarization, z); the same numbers at every replay would train on one fixed noise
+    net, _ = _net_and_adam()
+    net = net.cuda()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, capturable=True, fused=True)
+
+    def step(x):
+        noisy = x + torch.randn_like(x)  # like the reparameterized z
+        loss = net(noisy).pow(2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return noisy[0].detach()
+
+    replay = train.cuda_graphed(step, torch.zeros(8, 6, device="cuda"), net, optimizer, fallback=False)
+    draws = torch.stack([replay(torch.zeros(8, 6, device="cuda")) for _ in range(4)])
+    assert torch.unique(draws, dim=0).shape[0] == 4, draws
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_step_that_cannot_be_recorded_falls_back_or_says_what_to_do(tmp_path):
+    # a step that reads a value back (.item()) cannot be recorded; in a fresh process (a failed recording may
+    # leave CUDA unusable), the fallback must either train with the plain step or say to use cuda_graph=False
+    script = tmp_path / "fallback.py"
+    script.write_text(
+        "import warnings, torch\n"
+        "from torch import nn\n"
+        "from course_utils import train\n"
+        "net = nn.Linear(6, 1).cuda()\n"
+        "opt = torch.optim.Adam(net.parameters(), lr=1e-2, capturable=True, fused=True)\n"
+        "def step(x):\n"
+        "    loss = (net(x + torch.randn_like(x)) ** 2).mean()\n"
+        "    if loss.item() < 0: print('never')\n"
+        "    opt.zero_grad(set_to_none=True); loss.backward(); opt.step()\n"
+        "    return loss.detach()\n"
+        "x = torch.randn(8, 6, device='cuda')\n"
+        "try:\n"
+        "    with warnings.catch_warnings(record=True) as caught:\n"
+        "        warnings.simplefilter('always')\n"
+        "        plain = train.cuda_graphed(step, x, net, opt)\n"
+        "    assert plain is step and any('plain step' in str(w.message) for w in caught)\n"
+        "    losses = [plain(x).item() for _ in range(5)]\n"
+        "    print('FELL BACK', losses)\n"
+        "except RuntimeError as e:\n"
+        "    assert 'cuda_graph=False' in str(e), e\n"
+        "    print('SAID WHAT TO DO')\n")
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, str(script)], cwd=root, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "FELL BACK" in done.stdout or "SAID WHAT TO DO" in done.stdout, done.stdout
