@@ -309,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = run(device=device, steps=steps, warmup=warmup, batch_size=batch_size,
                  num_workers=num_workers, pyro_batch_size=args.pyro_batch_size or batch_size,
                  limit=1024 if args.quick else None, include_jit=args.jit, few_variants=args.quick,
-                 graph=device.type == "cuda" and not args.no_graph)
+                 graph=False if args.no_graph else None)  # None: recorded where the device is CUDA
     report["command"] = " ".join(["python -m course_utils.bench", *(sys.argv[1:] if argv is None else argv)])
     print(format_report(report))
     print(f"\ncommand: {report['command']}")

@@ -289,7 +289,8 @@ def cuda_graphed(step: Callable[[torch.Tensor], torch.Tensor], example: torch.Te
     and optimizer state are then restored (``restored``), so the returned step starts from the model as it
     was. ``ahead`` bounds how many replays may be queued on the GPU, so that a wall clock read on the host
     stays within a few steps of the GPU's work. If recording fails and ``fallback`` is true, a warning says
-    why and the plain ``step`` is returned, its weights and optimizer state restored.
+    why and the plain ``step`` is returned, its weights and optimizer state restored; if the failure left
+    CUDA's random-number generator unusable (older torch), a RuntimeError says to restart without the graph.
     """
     if example.device.type != "cuda":
         raise RuntimeError(f"cuda_graphed needs a CUDA device, got a batch on {example.device}: "
