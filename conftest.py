@@ -7,7 +7,27 @@ output" although it ran correctly (seen once here, in notebook 03, while another
 The wait is per message and ends as soon as the message arrives, so a longer limit costs nothing when all is well.
 """
 
+import os
+import shutil
+import tempfile
+
 NBVAL_OUTPUT_TIMEOUT_S = 60
+
+
+def pytest_configure(config):
+    """Every test, and every notebook kernel nbval starts (it inherits this environment), caches into a
+    temporary folder: a test run never reads weights a learner's earlier run left in data/cache/, and
+    never writes into the working tree. COURSE_CACHE_DIR set by the caller is kept."""
+    if "COURSE_CACHE_DIR" not in os.environ:
+        folder = tempfile.mkdtemp(prefix="course-test-cache-")
+        os.environ["COURSE_CACHE_DIR"] = folder
+        config._course_tmp_cache = folder
+
+
+def pytest_unconfigure(config):
+    folder = getattr(config, "_course_tmp_cache", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -17,8 +17,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DATA_DIR = Path(os.environ.get("COURSE_DATA_DIR", PROJECT_ROOT / "data"))
+from .cache import DATA_DIR, PROJECT_ROOT, cache_dir  # noqa: F401  (paths live in cache.py)
+
 MNIST_DIR = DATA_DIR / "mnist"
 
 _MNIST_FILES = {
@@ -29,13 +29,6 @@ _MNIST_FILES = {
 
 class DataFileError(RuntimeError):
     """A data file is missing, truncated or corrupt; the message says what to do."""
-
-
-def cache_dir(*parts: str) -> Path:
-    """``data/cache/<parts>``, created if needed: generated data and checkpoints live here (git-ignored)."""
-    path = DATA_DIR.joinpath("cache", *parts)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def sha256(path: Path) -> str:

@@ -43,6 +43,8 @@ from typing import NamedTuple, Sequence
 
 import torch
 
+from .cache import cache_dir
+
 SHAPES = ("sphere", "cube", "cylinder", "cone")
 
 # The solids in their own frame (y = the vertical axis), each about one unit in radius.
@@ -364,7 +366,6 @@ def render(factors: dict[str, torch.Tensor], size: int = 64, chunk: int = 256) -
 # The data set
 # ----------------------------------------------------------------------------------------
 def _cache_path(key: dict):
-    from .data import cache_dir
     blob = json.dumps({"v": CACHE_VERSION, **key}, sort_keys=True)
     digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
     return cache_dir("color_scenes") / f"scenes-n{key['n']}-s{key['size']}-seed{key['seed']}-{digest}.pt"

@@ -28,6 +28,8 @@ from typing import NamedTuple, Sequence
 
 import torch
 
+from .cache import cache_dir
+
 SHAPES = ("sphere", "cube", "cylinder", "cone", "torus")
 
 # Solids in their own frame (symmetry axis = y), each inside the unit ball, so that any rotation
@@ -285,7 +287,6 @@ def render(shape_id: torch.Tensor, rotation: torch.Tensor, scale: torch.Tensor, 
 # The data set
 # ----------------------------------------------------------------------------------------
 def _cache_path(n: int, size: int, seed: int, shapes: Sequence[str], scale_range: tuple[float, float]):
-    from .data import cache_dir
     key = json.dumps({"v": CACHE_VERSION, "n": n, "size": size, "seed": seed, "shapes": list(shapes),
                       "scale_range": [float(v) for v in scale_range]}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]

@@ -31,7 +31,8 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from .data import batches, cache_dir
+from .cache import cache_dir
+from .data import batches
 from .diagnostics import LatentStats
 
 LossFn = Callable[..., dict]

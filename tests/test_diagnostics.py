@@ -128,7 +128,7 @@ def test_bad_shapes_get_a_clear_error():
 
 @pytest.fixture
 def tiny_run(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "DATA_DIR", tmp_path)
+    monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path / "cache"))
     x, _ = data.mnist_tensors("train", limit=384)
     x = data.binarize(x, generator=torch.Generator().manual_seed(0))
 

@@ -137,7 +137,7 @@ def test_size_position_and_orientation_act_as_stated():
 
 
 def test_cache_round_trip(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "DATA_DIR", tmp_path)
+    monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path / "cache"))
     first = scenes.color_scenes(24, size=16, seed=2)
     files = list((tmp_path / "cache" / "color_scenes").glob("*.pt"))
     assert len(files) == 1

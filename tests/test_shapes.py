@@ -141,7 +141,7 @@ def test_shapes_look_different():
 
 
 def test_cache_round_trip(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "DATA_DIR", tmp_path)
+    monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path / "cache"))
     first = data.depth_shapes(20, size=16, seed=5)
     files = list((tmp_path / "cache" / "depth_shapes").glob("*.pt"))
     assert len(files) == 1
@@ -158,7 +158,7 @@ def test_cache_round_trip(tmp_path, monkeypatch):
 
 
 def test_corrupt_cache_is_rendered_again(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "DATA_DIR", tmp_path)
+    monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path / "cache"))
     first = depth_shapes(10, size=8, seed=0)
     path = next((tmp_path / "cache" / "depth_shapes").glob("*.pt"))
     path.write_bytes(b"truncated")

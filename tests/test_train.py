@@ -4,7 +4,7 @@ import functools
 import pytest
 import torch
 
-from course_utils import data, train
+from course_utils import cache, data, train
 from course_utils.losses import bernoulli_nll, kl_diag_normal
 from course_utils.models import ConvVAE, MLPVAE
 
@@ -23,7 +23,7 @@ def mnist_small():
 
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "DATA_DIR", tmp_path)
+    monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path / "cache"))
 
 
 def test_fit_lowers_the_loss_and_logs_latent_stats(mnist_small):
@@ -72,14 +72,14 @@ def test_fit_keeps_what_it_learned_on_keyboard_interrupt(mnist_small):
                         on_epoch_start=interrupt_at_epoch_3, cache="interrupted")
     assert history["stopped"] == "interrupted" and history["epoch"] == [1, 2]
     assert train.evaluate(model, neg_elbo, mnist_small)["loss"] < before - 50
-    assert not list((data.DATA_DIR / "cache" / "checkpoints").glob("interrupted-*"))  # not cached
+    assert not list((cache.cache_root() / "checkpoints").glob("interrupted-*"))  # not cached
 
 
 def test_fit_reloads_from_its_cache(mnist_small):
     torch.manual_seed(0)
     model = ConvVAE(z_dim=4, channels=(8, 16), hidden=32)
     history = train.fit(model, neg_elbo, mnist_small, epochs=1, batch_size=128, progress=False, cache="tiny")
-    files = list((data.DATA_DIR / "cache" / "checkpoints").glob("tiny-*.pt"))
+    files = list((cache.cache_root() / "checkpoints").glob("tiny-*.pt"))
     assert len(files) == 1 and not list(files[0].parent.glob("*.tmp*"))
 
     fresh = ConvVAE(z_dim=4, channels=(8, 16), hidden=32)
