@@ -87,6 +87,28 @@ def bernoulli_nll(x_logits: torch.Tensor, x: torch.Tensor, validate: bool | None
     return _sum_except_batch(F.binary_cross_entropy_with_logits(x_logits, x, reduction="none"))
 
 
+def neg_elbo(model, x: torch.Tensor, *context: torch.Tensor, beta: float = 1.0,
+             analytic_kl: bool = True) -> dict:
+    """The negative ELBO of a Bernoulli VAE, mean over the batch, in the form ``train.fit`` takes.
+
+    ``model`` has ``encode(x, *context) -> (z_loc, z_logvar)`` (``[B, D]`` each) and ``decode(z, *context)
+    -> x_logits`` (x's shape); every VAE in ``course_utils.models`` does. One reparameterized z per image:
+    recon = -log p(x|z) (notebook 02, section 3); kl = KL(q(z|x) || N(0, I)) in closed form, or with
+    ``analytic_kl=False`` its one-sample estimate log q(z|x) - log p(z) (what Pyro's ``Trace_ELBO`` uses,
+    notebook 04). Returns ``loss = recon + beta * kl``, ``recon``, ``kl`` (batch means, nats per image) and
+    ``z_loc``, ``z_logvar`` (for ``fit``'s latent statistics).
+    """
+    z_loc, z_logvar = model.encode(x, *context)  # [B, D] each
+    z = z_loc + torch.exp(0.5 * z_logvar) * torch.randn_like(z_loc)  # reparameterized, [B, D]
+    recon = bernoulli_nll(model.decode(z, *context), x)  # [B]
+    if analytic_kl:
+        kl = kl_diag_normal(z_loc, z_logvar)  # [B]
+    else:
+        kl = log_normal_diag(z, z_loc, z_logvar) - log_normal_diag(z, 0.0, 0.0)  # [B]
+    return {"loss": (recon + beta * kl).mean(), "recon": recon.mean(), "kl": kl.mean(),
+            "z_loc": z_loc, "z_logvar": z_logvar}
+
+
 def gaussian_nll(x_loc: torch.Tensor, x: torch.Tensor, logvar: torch.Tensor | float) -> torch.Tensor:
     """-log N(x | x_loc, exp(logvar)) summed over pixels, with its constant, shape ``[B]``.
 

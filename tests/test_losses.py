@@ -208,3 +208,21 @@ def test_nll_from_subset_is_the_control_variate_formula_and_its_two_part_error()
         nll_from_subset(log_px, draws[:1], 97.0, n_all)
     with pytest.raises(ValueError, match="smaller than"):
         nll_from_subset(log_px, draws, 97.0, n_all=10)
+
+
+def test_neg_elbo_is_recon_plus_beta_kl_at_the_same_noise():
+    from course_utils.losses import neg_elbo
+    from course_utils.models import MLPVAE
+    torch.manual_seed(0)
+    net = MLPVAE()
+    x = (torch.rand(6, 1, 28, 28) > 0.5).float()
+    torch.manual_seed(1)
+    out = neg_elbo(net, x, beta=3.0)
+    torch.manual_seed(1)
+    z_loc, z_logvar = net.encode(x)
+    z = z_loc + torch.exp(0.5 * z_logvar) * torch.randn_like(z_loc)
+    recon = bernoulli_nll(net.decode(z), x).mean()
+    kl = kl_diag_normal(z_loc, z_logvar).mean()
+    torch.testing.assert_close(out["recon"], recon)
+    torch.testing.assert_close(out["kl"], kl)
+    torch.testing.assert_close(out["loss"], recon + 3.0 * kl)
