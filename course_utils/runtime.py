@@ -89,6 +89,17 @@ def scaled(full: T, quick: T) -> T:
     return quick if is_quick() else full
 
 
+def sized(*, gpu: T, cpu: T, quick: T, device: torch.device | str | None = None) -> T:
+    """Like ``scaled``, with full mode split by device class: ``gpu`` on a CUDA device, ``cpu`` elsewhere.
+
+    ``EPOCHS = sized(gpu=30, cpu=5, quick=1)``; ``device`` defaults to ``get_device()``.
+    """
+    if is_quick():
+        return quick
+    device = torch.device(device) if device is not None else get_device()
+    return gpu if device.type == "cuda" else cpu
+
+
 def synchronize(device: torch.device | str) -> None:
     """Wait until the device has finished its queued work (a no-op on the CPU); time GPU code only after it."""
     device = torch.device(device)

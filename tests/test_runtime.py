@@ -72,3 +72,11 @@ def test_a_default_device_replaces_the_automatic_choice_but_not_course_device(mo
     assert runtime.get_device() == torch.device("cuda")
     monkeypatch.setenv("COURSE_DEVICE", "cuda")
     assert runtime.get_device(default="cpu") == torch.device("cuda")
+
+
+def test_sized_picks_by_mode_and_device_class(monkeypatch):
+    monkeypatch.setenv("COURSE_QUICK", "1")
+    assert runtime.sized(gpu=3, cpu=2, quick=1, device="cuda") == 1
+    monkeypatch.setenv("COURSE_QUICK", "0")
+    assert runtime.sized(gpu=3, cpu=2, quick=1, device="cuda") == 3
+    assert runtime.sized(gpu=3, cpu=2, quick=1, device="cpu") == 2
