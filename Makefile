@@ -39,7 +39,7 @@ execute: $(STAMP)
 	$(BIN)/python -m course_utils.execute --out build
 
 bench: $(STAMP)
-	$(BIN)/python -m course_utils.bench
+	$(BIN)/python benchmarks/bench.py
 
 clean-cache:
 	rm -rf data/cache
