@@ -217,7 +217,7 @@ def draw_dashboard(history: dict, fig: "plt.Figure | None" = None, title: str | 
     """
     import matplotlib.pyplot as plt
 
-    from .plots import history_panel  # matplotlib is imported only when a dashboard is drawn
+    from .plots import _finish, history_panel  # matplotlib is imported only when a dashboard is drawn
 
     if fig is None:
         fig = plt.figure(figsize=_dashboard_size(len(panels)))
@@ -239,10 +239,7 @@ def draw_dashboard(history: dict, fig: "plt.Figure | None" = None, title: str | 
             ax.axhline(_REFERENCE_LINE[name], color="gray", lw=0.8, ls=":")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, title)
 
 
 class LiveDashboard:

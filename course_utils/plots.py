@@ -72,6 +72,11 @@ def training_curves(history: dict, metrics: Sequence[str] = ("loss",), title: st
         if logy:
             ax.set_yscale("log")
         ax.legend()
+    return _finish(fig, title)
+
+
+def _finish(fig: plt.Figure, title: str | None = None) -> plt.Figure:
+    """The figure with its title (if any) and its panels laid out; what every multi-panel helper returns."""
     if title:
         fig.suptitle(title)
     fig.tight_layout()
