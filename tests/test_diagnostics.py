@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from course_utils import data, diagnostics, runtime, train
-from course_utils.losses import bernoulli_nll, kl_diag_normal
+from course_utils.losses import kl_diag_normal, neg_elbo
 from course_utils.models import MLPVAE
 
 
@@ -131,12 +131,6 @@ def tiny_run(tmp_path, monkeypatch):
     monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path / "cache"))
     x, _ = data.mnist_tensors("train", limit=384)
     x = data.binarize(x, generator=torch.Generator().manual_seed(0))
-
-    def neg_elbo(model, x):
-        x_logits, z_loc, z_logvar = model(x)
-        recon, kl = bernoulli_nll(x_logits, x), kl_diag_normal(z_loc, z_logvar)
-        return {"loss": (recon + kl).mean(), "recon": recon.mean(), "kl": kl.mean(), "z_loc": z_loc,
-                "z_logvar": z_logvar}
 
     torch.manual_seed(0)
     return MLPVAE(z_dim=6, hidden=(64,)), neg_elbo, x
