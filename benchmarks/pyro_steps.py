@@ -22,8 +22,11 @@ import torch
 from pyro.infer import SVI, JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO
 from torch import nn
 
+from course_utils.data import binarize, mnist_tensors
 from course_utils.losses import neg_elbo
+from course_utils.models import MLPVAE
 from course_utils.pyro_vae import PyroVAE
+from course_utils.runtime import describe, get_device
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import device_name, time_steps  # noqa: E402  (benchmarks/timing.py)
@@ -174,11 +177,8 @@ def format_table(rows: Sequence[dict], device_name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from course_utils.data import binarize, mnist_tensors
-    from course_utils.models import MLPVAE
-    from course_utils.runtime import describe, get_device
-
-    parser = argparse.ArgumentParser(description="Time per step: hand-written VAE vs Pyro (notebook 04's table).")
+    parser = argparse.ArgumentParser(prog="python benchmarks/pyro_steps.py",
+                                     description="Time per step: hand-written VAE vs Pyro (notebook 04's comparison).")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 1024])
     parser.add_argument("--steps", type=int, default=50, help="timed steps per variant and round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds; each row reports its median round")
