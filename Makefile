@@ -8,10 +8,13 @@ STAMP  := $(VENV)/.installed
 .PHONY: lab test unit notebooks execute bench clean-cache clean help
 help:
 	@echo "make lab          install (first time) and start JupyterLab on notebooks/"
-	@echo "make test         install (first time), run the unit tests and every notebook in quick mode"
+	@echo "make test         install (first time), run every test and every notebook in quick mode"
+	@echo "make unit         the unit tests only: no notebook, no Jupyter kernel, no browser"
+	@echo "make notebooks    every notebook in quick mode, as make test runs them"
 	@echo "make execute      run every notebook in full mode headless; executed copies + HTML in build/"
 	@echo "make bench        throughput benchmark (course batches vs DataLoader) and Pyro step ratio"
 	@echo "make clean-cache  delete data/cache/ (generated data sets and checkpoints)"
+	@echo "make clean        delete build/, data/cache/ and .venv/ (the next make installs again)"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,8 +32,10 @@ lab: $(STAMP)
 test: $(STAMP)
 	COURSE_QUICK=1 MPLBACKEND=Agg $(BIN)/python -m pytest -v --nbval-lax --durations=15 tests notebooks
 
+# Tests that start a browser or Jupyter kernels: make test runs them, make unit leaves them out.
+INTEGRATION := tests/test_browser.py tests/test_execute.py
 unit: $(STAMP)
-	COURSE_QUICK=1 MPLBACKEND=Agg $(BIN)/python -m pytest -v tests
+	COURSE_QUICK=1 MPLBACKEND=Agg $(BIN)/python -m pytest -v tests $(addprefix --ignore=,$(INTEGRATION))
 
 notebooks: $(STAMP)
 	COURSE_QUICK=1 MPLBACKEND=Agg $(BIN)/python -m pytest -v --nbval-lax notebooks
@@ -39,7 +44,7 @@ execute: $(STAMP)
 	$(BIN)/python -m course_utils.execute --out build
 
 bench: $(STAMP)
-	$(BIN)/python -m course_utils.bench
+	$(BIN)/python benchmarks/bench.py
 
 clean-cache:
 	rm -rf data/cache

@@ -18,6 +18,10 @@ import numpy as np
 import torch
 
 from .cache import DATA_DIR, PROJECT_ROOT, cache_dir  # noqa: F401  (paths live in cache.py)
+# The procedural image sets live in their own modules (which import nothing from this one); their
+# generators are named here too, where the course design lists its data sets.
+from .scenes import color_scenes  # noqa: F401
+from .shapes import depth_shapes  # noqa: F401
 
 MNIST_DIR = DATA_DIR / "mnist"
 
@@ -137,20 +141,37 @@ def load_mnist(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 images in 0..255 -> float32 in [0, 1]."""
+    if images.dtype != torch.uint8:
+        raise TypeError(f"to_float expects uint8 images in 0..255 (what load_mnist returns), got dtype {images.dtype}; "
+                        "images that are floats already need no conversion (check they lie in [0, 1]).")
     return images.float().div_(255.0)
 
 
-def binarize(x: torch.Tensor, generator: torch.Generator | None = None, check: bool = True) -> torch.Tensor:
+def _check_unit_interval(x: torch.Tensor, what: str) -> None:
+    """Raise a ValueError that says what to do when ``x`` leaves [0, 1], where checking is free: on the CPU.
+
+    On a GPU the check would read a value back from the device and make the CPU wait for it at every step,
+    so it is skipped there: data that enter through ``to_float`` / ``mnist_tensors`` (uint8 / 255) or the
+    generated sets (``depth_shapes``, ``color_scenes``) lie in [0, 1] by construction.
+    """
+    if x.device.type != "cpu" or not x.numel():
+        return
+    lo, hi = torch.aminmax(x)
+    if lo < 0 or hi > 1:
+        raise ValueError(f"{what} must lie in [0, 1], got values in [{lo.item():.4g}, {hi.item():.4g}]. Scale uint8 "
+                         "images with course_utils.data.to_float, or binarize them with course_utils.data.binarize.")
+
+
+def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Dynamic binarization: each pixel becomes 1 with probability equal to its gray value.
 
-    x: floats in [0, 1], any shape. A fresh call draws a fresh binary image (used for
-    training); pass a seeded ``generator`` to fix one binarization (used for the test set).
-    ``check=False`` skips the range check, which costs a host sync per call inside a GPU loop.
+    x: floats in [0, 1], any shape (checked on the CPU; see ``_check_unit_interval``). A fresh call draws a
+    fresh binary image (used for training); pass a seeded ``generator`` to fix one binarization (used for the
+    test set).
     """
     if not torch.is_floating_point(x):
         raise TypeError(f"binarize expects floats in [0, 1], got dtype {x.dtype}; convert with course_utils.data.to_float.")
-    if check and x.numel() and (x.min() < 0 or x.max() > 1):  # the check reads back from the device
-        raise ValueError(f"binarize expects values in [0, 1], got range [{x.min().item():.3g}, {x.max().item():.3g}].")
+    _check_unit_interval(x, "binarize: x (gray values read as probabilities)")
     noise = torch.rand(x.shape, generator=generator, device=x.device if generator is None else generator.device)
     return (noise.to(x.device) < x).to(x.dtype)
 
@@ -211,17 +232,3 @@ def mnist_tensors(split: str = "train", device: torch.device | str = "cpu", limi
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     return to_float(images.to(device)), labels.to(device)
-
-
-# The procedural data sets live in their own modules; these wrappers keep the public
-# names in `course_utils.data` as the course design lists them.
-def depth_shapes(n: int, size: int = 32, seed: int = 0, **kwargs):
-    """Depth images of simple 3-D solids (see course_utils.shapes.depth_shapes)."""
-    from .shapes import depth_shapes as _depth_shapes
-    return _depth_shapes(n, size=size, seed=seed, **kwargs)
-
-
-def color_scenes(n: int, size: int = 64, seed: int = 0, **kwargs):
-    """64x64 colour scenes of a solid before a wall (see course_utils.scenes.color_scenes)."""
-    from .scenes import color_scenes as _color_scenes
-    return _color_scenes(n, size=size, seed=seed, **kwargs)

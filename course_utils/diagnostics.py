@@ -98,7 +98,7 @@ def aggregate_gaussian_kl(z_loc: torch.Tensor, z_logvar: torch.Tensor) -> float:
     return float(0.5 * (torch.trace(cov) + mean @ mean - mu.shape[1] - logdet))
 
 
-def log_aggregate_density(z: torch.Tensor, z_loc: torch.Tensor, z_logvar: torch.Tensor,
+def _log_aggregate_density(z: torch.Tensor, z_loc: torch.Tensor, z_logvar: torch.Tensor,
                           chunk: int = 512) -> torch.Tensor:
     """log q(z) ``[M]`` for points z ``[M, D]`` under the finite mixture q(z) = 1/N sum_n N(z; mu_n, diag sigma_n^2).
 
@@ -124,7 +124,7 @@ def aggregate_kl(z_loc: torch.Tensor, z_logvar: torch.Tensor, n_samples: int = 2
     """Monte Carlo estimate of KL(q(z) || N(0, I)) in nats for the aggregate posterior of the N data points.
 
     z is drawn from q(z) (a random data point, then z ~ q(z|x)), and log q(z) is the exact mixture
-    density (``log_aggregate_density``), so the estimate is unbiased. With E_x KL(q(z|x) || p(z)) it
+    density (``_log_aggregate_density``), so the estimate is unbiased. With E_x KL(q(z|x) || p(z)) it
     completes the "ELBO surgery" identity (Hoffman & Johnson 2016):
     E_x KL(q(z|x) || p(z)) = I(x; z) + KL(q(z) || p(z)), where I(x; z) <= log N for N data points.
     ``generator`` (on any device; the draw happens there) makes the draw reproducible.
@@ -136,7 +136,7 @@ def aggregate_kl(z_loc: torch.Tensor, z_logvar: torch.Tensor, n_samples: int = 2
     eps = torch.randn(n_samples, d, generator=generator, device=on).to(z_loc.device)
     z = z_loc[pick] + torch.exp(0.5 * z_logvar[pick]) * eps                            # [n_samples, D]
     log_p = log_normal_diag(as_float64(z), 0.0, 0.0)                                       # log N(z; 0, I)
-    return float((log_aggregate_density(z, z_loc, z_logvar) - log_p).mean())
+    return float((_log_aggregate_density(z, z_loc, z_logvar) - log_p).mean())
 
 
 def encode_dataset(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,6 +199,7 @@ class LatentStats:
 DASHBOARD_PANELS = ("loss", "kl", "active_units", "mean_mu", "mean_sigma", "kl_d")
 _PANEL_TITLES = {"loss": "loss (nats per image)", "kl": "KL (nats per image)", "active_units": "active units",
                  "mean_mu": "mean mu", "mean_sigma": "mean sigma"}
+_REFERENCE_LINE = {"mean_mu": 0.0, "mean_sigma": 1.0}
 
 
 def _dashboard_size(n_panels: int) -> tuple[float, float]:
@@ -215,14 +216,14 @@ def draw_dashboard(history: dict, fig: "plt.Figure | None" = None, title: str | 
     unused. Pass ``fig`` to redraw into an existing figure.
     """
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
+
+    from .plots import _finish, history_panel  # matplotlib is imported only when a dashboard is drawn
 
     if fig is None:
         fig = plt.figure(figsize=_dashboard_size(len(panels)))
     fig.clear()
     ncols = min(3, len(panels))
     axes = fig.subplots(math.ceil(len(panels) / ncols), ncols, squeeze=False).flat
-    epochs = history.get("epoch", [])
     for ax, name in zip(axes, panels):
         if name == "kl_d":
             split = "test" if history.get("test_kl_d") else "train"
@@ -233,23 +234,12 @@ def draw_dashboard(history: dict, fig: "plt.Figure | None" = None, title: str | 
             ax.set_xlabel("dimension, sorted"), ax.set_title(f"KL per dimension ({split}, last epoch)")
             ax.grid(alpha=0.3, axis="y")
             continue
-        for split, style in (("train", "-"), ("test", "--")):
-            values = history.get(f"{split}_{name}")
-            if values:
-                ax.plot(epochs[:len(values)], values, style, marker="o", ms=3, label=split)
-        if name == "mean_sigma":
-            ax.axhline(1.0, color="gray", lw=0.8, ls=":")
-        if name == "mean_mu":
-            ax.axhline(0.0, color="gray", lw=0.8, ls=":")
-        ax.set_xlabel("epoch"), ax.set_title(_PANEL_TITLES.get(name, name))
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
+        history_panel(ax, history, name, title=_PANEL_TITLES.get(name, name))
+        if name in _REFERENCE_LINE:  # what the prior asks for
+            ax.axhline(_REFERENCE_LINE[name], color="gray", lw=0.8, ls=":")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, title)
 
 
 class LiveDashboard:

@@ -11,26 +11,15 @@ bound; Tolstikhin et al. 2018 (Wasserstein Auto-Encoders) for the MMD penalty.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from .data import _check_unit_interval
+
 LOG_2PI = math.log(2 * math.pi)
-
-_VALIDATE = True
-
-
-def set_validation(enabled: bool) -> None:
-    """Turn the data-range checks of the losses on (default) or off.
-
-    The check that x lies in the likelihood's support reads a value back from the device,
-    which makes the CPU wait for the GPU at every step. Once the data have been checked,
-    a speed-critical GPU loop may switch it off (like ``pyro.enable_validation(False)``).
-    """
-    global _VALIDATE
-    _VALIDATE = bool(enabled)
-
 
 def _sum_except_batch(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], -1).sum(dim=1)  # [B, ...] -> [B]
@@ -68,22 +57,16 @@ def kl_diag_normal(z_loc: torch.Tensor, z_logvar: torch.Tensor,
     return _sum_except_batch(kl)
 
 
-def bernoulli_nll(x_logits: torch.Tensor, x: torch.Tensor, validate: bool | None = None) -> torch.Tensor:
+def bernoulli_nll(x_logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """-log Bernoulli(x | sigmoid(x_logits)) summed over pixels, shape ``[B]``.
 
     Computed from logits (stable for logits of any size). x must lie in [0, 1]: binary
     data, or gray values read as probabilities (notebook 03 shows why that is improper).
-    ``validate`` (default: the setting of ``set_validation``) checks that range; the check costs a host sync.
+    The range is checked on the CPU, where it is free; on a GPU it is not (it would stall every step),
+    and the course's data enter in range (``course_utils.data``).
     """
     _check_same_shape(x_logits, x, "x_logits", "x")
-    if (_VALIDATE if validate is None else validate) and x.numel():
-        lo, hi = torch.aminmax(x)
-        if lo < 0 or hi > 1:
-            raise ValueError(
-                f"bernoulli_nll: x must lie in [0, 1] (the Bernoulli likelihood's support), got values in "
-                f"[{lo.item():.4g}, {hi.item():.4g}]. Scale images with course_utils.data.to_float, "
-                "or binarize them with course_utils.data.binarize."
-            )
+    _check_unit_interval(x, "bernoulli_nll: x (the Bernoulli likelihood's support)")
     return _sum_except_batch(F.binary_cross_entropy_with_logits(x_logits, x, reduction="none"))
 
 
@@ -175,15 +158,15 @@ def mmd(x: torch.Tensor, y: torch.Tensor, kernel: str = "imq", scales: Sequence[
 # ----------------------------------------------------------------------------------------
 # Importance-weighted log-likelihood (notebooks 02-05)
 # ----------------------------------------------------------------------------------------
-class EncoderDecoder(Protocol):
+class _EncoderDecoder(Protocol):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
     def decode(self, z: torch.Tensor) -> torch.Tensor: ...
 
 
 @torch.no_grad()
-def iw_log_likelihood(model: EncoderDecoder, x: torch.Tensor, k: int = 5000,
-                      likelihood: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = bernoulli_nll,
-                      *, batch_size: int = 100, max_decode: int = 50_000,
+def iw_log_likelihood(model: _EncoderDecoder, x: torch.Tensor, k: int = 5000, *,
+                      nll: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = bernoulli_nll,
+                      batch_size: int = 100, max_decode: int = 50_000,
                       generator: torch.Generator | None = None) -> torch.Tensor:
     """Importance-weighted estimate of log p(x) for each example, shape ``[N]`` (nats).
 
@@ -191,14 +174,17 @@ def iw_log_likelihood(model: EncoderDecoder, x: torch.Tensor, k: int = 5000,
 
     - ``model.encode(x) -> (z_loc, z_logvar)``, ``model.decode(z)`` -> the likelihood's parameter
       (logits for Bernoulli, the mean for a Gaussian); the prior is N(0, I).
-    - ``likelihood(decoded, x)`` returns -log p(x|z) per example ``[B]``: ``bernoulli_nll`` (default)
+    - ``nll(decoded, x)`` returns -log p(x|z) per example ``[B]``: ``bernoulli_nll`` (default)
       or e.g. ``lambda x_loc, x: gaussian_nll(x_loc, x, logvar)``.
-    - log q is evaluated at the *sampled* z; k samples are split into chunks so that at most
+    - log q is evaluated at the *sampled* z; k samples (an int >= 1) are split into chunks so that at most
       ``max_decode`` images are decoded at once (k=5000 fits in memory).
     The model is put in eval mode for the estimate and restored afterwards.
     """
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}.")
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise ValueError(f"k is the number of importance samples per example: an int >= 1, got {k!r}.")
+    k = int(k)
+    if not callable(nll):
+        raise TypeError(f"nll must be a function (decoded, x) -> -log p(x|z) per example [B], got {nll!r}.")
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()
@@ -220,7 +206,7 @@ def iw_log_likelihood(model: EncoderDecoder, x: torch.Tensor, k: int = 5000,
                 log_pz = log_normal_diag(z, 0.0, 0.0)  # [kc, b]
                 decoded = model.decode(z.reshape(kc * b, -1))  # [kc*b, ...]
                 x_rep = xb.unsqueeze(0).expand((kc,) + tuple(xb.shape)).reshape((kc * b,) + tuple(xb.shape[1:]))
-                log_px_z = -likelihood(decoded.reshape(x_rep.shape), x_rep).reshape(kc, b)
+                log_px_z = -nll(decoded.reshape(x_rep.shape), x_rep).reshape(kc, b)
                 log_w.append(log_px_z + log_pz - log_q)
             log_w = torch.cat(log_w, dim=0)  # [k, b]
             out.append(torch.logsumexp(log_w, dim=0) - math.log(k))

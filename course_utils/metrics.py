@@ -4,9 +4,10 @@ A learner cannot download Inception weights offline, so the course trains its ow
 convolutional classifier once (about a minute on a CPU, seconds on a GPU), caches it under
 data/cache/checkpoints, and measures generated digits in its 128-dimensional feature space:
 
-- ``frechet_distance(a, b)``: the Frechet distance between Gaussians fitted to the features of two
-  image sets (the recipe of FID, Heusel et al. 2017, with this classifier instead of Inception);
-  lower is better, 0 for identical statistics. Only comparable between runs using the same classifier.
+- ``frechet_distance_from_features(classifier_features(a), classifier_features(b))``: the Frechet
+  distance between Gaussians fitted to the features of two image sets (the recipe of FID, Heusel et al.
+  2017, with this classifier instead of Inception); lower is better, 0 for identical statistics. Only
+  comparable between runs using the same classifier.
 - ``classifier_confidence(images)``: the classifier's top softmax probability per image; sharp,
   digit-like samples score near 1, blurry or ambiguous ones lower.
 """
@@ -109,11 +110,3 @@ def frechet_distance_from_features(feat_a: torch.Tensor, feat_b: torch.Tensor) -
     middle = torch.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a).clamp_min(0)
     value = (mu_a - mu_b).pow(2).sum() + torch.trace(cov_a) + torch.trace(cov_b) - 2 * middle.sqrt().sum()
     return float(value.clamp_min(0))
-
-
-def frechet_distance(images_a: torch.Tensor, images_b: torch.Tensor,
-                     classifier: MNISTClassifier | None = None) -> float:
-    """Frechet distance between two image sets ``[N, 1, 28, 28]`` in the classifier's features."""
-    classifier = classifier or mnist_classifier(images_a.device)
-    return frechet_distance_from_features(classifier_features(images_a, classifier),
-                                          classifier_features(images_b, classifier))

@@ -9,7 +9,7 @@ Bernoulli likelihood, the mean for a Gaussian one), which is the interface
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import nn
@@ -86,11 +86,22 @@ class ConvDecoder(nn.Module):
 
 
 class ConvVAE(nn.Module):
-    """A convolutional VAE with a diagonal Gaussian q(z|x) and a prior N(0, I)."""
+    """A convolutional VAE with a diagonal Gaussian q(z|x) and a prior N(0, I).
+
+    ``ConvVAE(ConvConfig(z_dim=2))``, ``ConvVAE(z_dim=2)`` (the fields of ``ConvConfig``), or both:
+    ``ConvVAE(config, z_dim=2)`` is ``config`` with z_dim replaced.
+    """
 
     def __init__(self, config: ConvConfig | None = None, **overrides):
         super().__init__()
-        config = config or ConvConfig(**overrides)
+        unknown = sorted(set(overrides) - {f.name for f in fields(ConvConfig)})
+        if unknown:
+            raise TypeError(f"ConvVAE got {unknown}, which ConvConfig has no field for; its fields are "
+                            f"{[f.name for f in fields(ConvConfig)]}.")
+        if config is None:
+            config = ConvConfig(**overrides)
+        elif overrides:
+            config = replace(config, **overrides)  # a copy: the caller's config is left as it was
         self.config = config
         self.z_dim = config.z_dim
         self.encoder = ConvEncoder(config)

@@ -8,6 +8,7 @@ import math
 from typing import Sequence
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 import torch
 
@@ -49,20 +50,33 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, title: str | None 
     return fig
 
 
+def history_panel(ax: plt.Axes, history: dict, metric: str, title: str | None = None) -> None:
+    """Draw one metric of a ``fit`` history on ``ax``: per-epoch train (solid) and test (dashed) curves, with
+    integer epoch ticks. ``training_curves`` and ``diagnostics.draw_dashboard`` draw their panels with it."""
+    epochs = history.get("epoch") or list(range(1, len(history.get(f"train_{metric}", [])) + 1))
+    for split, style in (("train", "-"), ("test", "--")):
+        values = history.get(f"{split}_{metric}")
+        if values:
+            ax.plot(epochs[:len(values)], values, style, marker="o", ms=3, label=split)
+    ax.set_xlabel("epoch"), ax.set_title(title or metric)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+
+
 def training_curves(history: dict, metrics: Sequence[str] = ("loss",), title: str | None = None,
                     logy: bool = False) -> plt.Figure:
     """Per-epoch train (solid) and test (dashed) curves of each metric, one panel per metric."""
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.2), squeeze=False)
-    epochs = history.get("epoch") or list(range(1, len(history.get(f"train_{metrics[0]}", [])) + 1))
     for ax, metric in zip(axes[0], metrics):
-        for split, style in (("train", "-"), ("test", "--")):
-            values = history.get(f"{split}_{metric}")
-            if values:
-                ax.plot(epochs[:len(values)], values, style, marker="o", ms=3, label=split)
-        ax.set_xlabel("epoch"), ax.set_title(metric)
+        history_panel(ax, history, metric)
         if logy:
             ax.set_yscale("log")
-        ax.grid(alpha=0.3), ax.legend()
+        ax.legend()
+    return _finish(fig, title)
+
+
+def _finish(fig: plt.Figure, title: str | None = None) -> plt.Figure:
+    """The figure with its title (if any) and its panels laid out; what every multi-panel helper returns."""
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -6,15 +6,14 @@ Every notebook's Setup cell calls these three things::
     seed_everything(0)             # python, numpy, torch (and pyro, if installed)
     EPOCHS = scaled(full=30, quick=1)   # quick mode is set by COURSE_QUICK=1
 
-and, for measurements, ``synchronize(device)``, the step timer ``time_steps`` and ``device_name``.
+Speed measurement (synchronizing, step timers) lives in ``benchmarks/timing.py``, not here.
 """
 from __future__ import annotations
 
 import os
 import platform
 import random
-import time
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -100,34 +99,6 @@ def sized(*, gpu: T, cpu: T, quick: T, device: torch.device | str | None = None)
     return gpu if device.type == "cuda" else cpu
 
 
-def synchronize(device: torch.device | str) -> None:
-    """Wait until the device has finished its queued work (a no-op on the CPU); time GPU code only after it."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
-def time_steps(step: Callable[[T], object], source: Iterator[T], device: torch.device | str, *, steps: int,
-               warmup: int = 0) -> float:
-    """Seconds for ``steps`` calls of ``step`` on items drawn from ``source``, after ``warmup`` untimed calls.
-
-    The device is synchronized before the clock starts and after the last call, so work still queued
-    on a GPU is counted. Drawing from ``source`` is inside the clock (an input pipeline is part of a step).
-    """
-    if steps < 1 or warmup < 0:
-        raise ValueError(f"time_steps needs steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}.")
-    for _ in range(warmup):
-        step(next(source))
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step(next(source))
-    synchronize(device)
-    return time.perf_counter() - start
-
-
 def has_float64(device: torch.device | str) -> bool:
     """False for Apple GPUs (``mps``), which have no float64 ("Cannot convert a MPS Tensor to float64")."""
     return torch.device(device).type != "mps"
@@ -142,8 +113,8 @@ def as_float64(t: torch.Tensor) -> torch.Tensor:
     return (t if has_float64(t.device) else t.cpu()).double()
 
 
-def device_name(device: torch.device | str) -> str:
-    """What a timing ran on, for tables: the GPU's model, or the CPU's architecture, cores and torch threads."""
+def _device_label(device: torch.device | str) -> str:
+    """The GPU's model, or the CPU's architecture, cores and torch threads (``describe`` prints it)."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -156,4 +127,4 @@ def describe(device: torch.device | None = None) -> str:
     """One line naming the mode, the device and the torch version, for Setup cells."""
     device = device or get_device()
     mode = "quick" if is_quick() else "full"
-    return f"mode={mode} device={device} ({device_name(device)}) torch={torch.__version__}"
+    return f"mode={mode} device={device} ({_device_label(device)}) torch={torch.__version__}"

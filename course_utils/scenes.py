@@ -35,15 +35,13 @@ the same factors everywhere.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
 from typing import NamedTuple, Sequence
 
 import torch
 
-from .cache import cache_dir
+from .procedural import (EPS, balanced_ids, cache_path, cached, check_int, check_names, check_range, span_cone,
+                         span_cube, span_cylinder, span_sphere, uniform)
 
 SHAPES = ("sphere", "cube", "cylinder", "cone")
 
@@ -67,7 +65,6 @@ SATURATION, BRIGHTNESS = 0.8, 0.95           # of the solid's colour (HSV); the 
 DEFAULT_SCALE_RANGE = (0.3, 0.55)            # the solid's size (its radius, about), world units
 DEFAULT_X_RANGE = (-0.55, 0.55)              # where it stands, left to right
 CACHE_VERSION = 1                            # bump when the rendering changes, so that old caches are not reused
-_EPS = 1e-7                                  # below this a direction component or quadric coefficient counts as 0
 
 
 class ColorScenes(NamedTuple):
@@ -79,14 +76,14 @@ class ColorScenes(NamedTuple):
 # ----------------------------------------------------------------------------------------
 # Factors
 # ----------------------------------------------------------------------------------------
-def hue_to_rgb(hue: torch.Tensor, saturation: float = SATURATION, value: float = BRIGHTNESS) -> torch.Tensor:
+def _hue_to_rgb(hue: torch.Tensor, saturation: float = SATURATION, value: float = BRIGHTNESS) -> torch.Tensor:
     """HSV -> RGB for hues ``[n]`` in [0, 1) (0 = red, 1/3 = green, 2/3 = blue); returns ``[n, 3]``."""
     n = torch.tensor([5.0, 3.0, 1.0], device=hue.device)  # r, g, b
     k = (n + 6.0 * hue.unsqueeze(-1)) % 6.0  # [n, 3]
     return value - value * saturation * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
 
 
-def random_factors(n: int, seed: int = 0, shapes: Sequence[str] = SHAPES,
+def _random_factors(n: int, seed: int = 0, shapes: Sequence[str] = SHAPES,
                    scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE,
                    x_range: tuple[float, float] = DEFAULT_X_RANGE) -> dict[str, torch.Tensor]:
     """Draw the factors of ``n`` scenes on the CPU (deterministic for a seed).
@@ -96,15 +93,12 @@ def random_factors(n: int, seed: int = 0, shapes: Sequence[str] = SHAPES,
     cube's period (a cube turned by pi/2 looks the same).
     """
     generator = torch.Generator().manual_seed(seed)
-    ids = torch.tensor([SHAPES.index(s) for s in shapes], dtype=torch.int64)
-    shape_id = ids[torch.arange(n) % len(ids)][torch.randperm(n, generator=generator)]
+    shape_id = balanced_ids(n, shapes, SHAPES, generator)
     hue = torch.rand(n, generator=generator)
-    lo, hi = scale_range
-    scale = lo + (hi - lo) * torch.rand(n, generator=generator)
+    scale = uniform(n, scale_range, generator)
     yaw = (math.pi / 2) * torch.rand(n, generator=generator)
-    lo, hi = x_range
-    x_position = lo + (hi - lo) * torch.rand(n, generator=generator)
-    return {"shape_id": shape_id, "hue": hue, "color": hue_to_rgb(hue), "scale": scale, "yaw": yaw,
+    x_position = uniform(n, x_range, generator)
+    return {"shape_id": shape_id, "hue": hue, "color": _hue_to_rgb(hue), "scale": scale, "yaw": yaw,
             "x_position": x_position}
 
 
@@ -115,7 +109,7 @@ def _vec(values: Sequence[float], device) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32, device=device)
 
 
-def light_direction(device: torch.device | str | None = None) -> torch.Tensor:
+def _light_direction(device: torch.device | str | None = None) -> torch.Tensor:
     """The unit vector towards the light, ``[3]``."""
     light = _vec(LIGHT_DIRECTION, device)
     return light / light.norm()
@@ -131,7 +125,7 @@ def _camera_axes(device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return right, up, forward
 
 
-def camera_rays(size: int, device: torch.device | str | None = None) -> torch.Tensor:
+def _camera_rays(size: int, device: torch.device | str | None = None) -> torch.Tensor:
     """Unit directions of the rays through the pixel centres, ``[size * size, 3]`` (row-major, row 0 on top)."""
     right, up, forward = _camera_axes(device)
     half = math.tan(math.radians(CAMERA_FOV_DEG) / 2)
@@ -141,7 +135,7 @@ def camera_rays(size: int, device: torch.device | str | None = None) -> torch.Te
     return rays / rays.norm(dim=-1, keepdim=True)
 
 
-def project(points: torch.Tensor, size: int) -> torch.Tensor:
+def _project(points: torch.Tensor, size: int) -> torch.Tensor:
     """(row, column) pixel coordinates ``[..., 2]`` (floats; integer part = the pixel) of world points ``[..., 3]``."""
     right, up, forward = _camera_axes(points.device)
     rel = points - _vec(CAMERA_POSITION, points.device)
@@ -154,23 +148,23 @@ def project(points: torch.Tensor, size: int) -> torch.Tensor:
 def _background(size: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Where each camera ray meets the floor or the wall: points ``[P, 3]``, distance ``[P]``,
     albedo ``[P, 3]`` and the Lambert factor max(0, n . l) ``[P]``."""
-    rays = camera_rays(size, device)
+    rays = _camera_rays(size, device)
     origin = _vec(CAMERA_POSITION, device)
     inf = torch.full_like(rays[:, 0], math.inf)
-    t_floor = torch.where(rays[:, 1] < 0, -origin[1] / rays[:, 1].clamp(max=-_EPS), inf)
-    t_wall = torch.where(rays[:, 2] < 0, (-WALL_DISTANCE - origin[2]) / rays[:, 2].clamp(max=-_EPS), inf)
+    t_floor = torch.where(rays[:, 1] < 0, -origin[1] / rays[:, 1].clamp(max=-EPS), inf)
+    t_wall = torch.where(rays[:, 2] < 0, (-WALL_DISTANCE - origin[2]) / rays[:, 2].clamp(max=-EPS), inf)
     on_floor = t_floor <= t_wall
     if not torch.isfinite(torch.minimum(t_floor, t_wall)).all():
         raise RuntimeError("a camera ray misses both the floor and the wall: check the camera constants.")
     t = torch.minimum(t_floor, t_wall)
     points = origin + t.unsqueeze(-1) * rays
-    light = light_direction(device)
+    light = _light_direction(device)
     albedo = torch.where(on_floor.unsqueeze(-1), _vec(FLOOR_COLOR, device), _vec(WALL_COLOR, device))
     lambert = torch.where(on_floor, light[1], light[2]).clamp_min(0.0)  # floor normal +y, wall normal +z
     return points, t, albedo, lambert
 
 
-def empty_scene(size: int = 64, device: torch.device | str | None = None) -> torch.Tensor:
+def _empty_scene(size: int = 64, device: torch.device | str | None = None) -> torch.Tensor:
     """The floor and the wall without a solid, ``[3, size, size]`` (not rounded to 1/255)."""
     _, _, albedo, lambert = _background(size, device)
     shade = AMBIENT + (1.0 - AMBIENT) * lambert  # [P]
@@ -178,81 +172,10 @@ def empty_scene(size: int = 64, device: torch.device | str | None = None) -> tor
 
 
 # ----------------------------------------------------------------------------------------
-# Rays and solids, in the solid's own frame. o: origins [m, P, 3] or [m, 1, 3]; d: directions
-# [m, P, 3] or [m, 1, 3]. Each returns the interval (t_in, t_out) of the ray inside the solid,
-# each [m, P]; empty when t_in > t_out.
+# Rays and solids, in the solid's own frame (course_utils.procedural). o: origins [m, P, 3] or [m, 1, 3];
+# d: directions [m, P, 3] or [m, 1, 3]. Each returns the interval (t_in, t_out) of the ray inside the
+# solid, each [m, P]; empty when t_in > t_out.
 # ----------------------------------------------------------------------------------------
-def _slab(o: torch.Tensor, d: torch.Tensor, half: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Interval of t where |o + t d| <= half (elementwise). A ray parallel to the slab (d ~ 0) is inside it
-    for every t or for none, depending on where it starts."""
-    parallel = d.abs() < _EPS
-    d = torch.where(parallel, torch.ones_like(d), d)
-    t_low, t_high = (-half - o) / d, (half - o) / d
-    inf = torch.full_like(t_low, math.inf)
-    inside = o.abs() <= half
-    return (torch.where(parallel, torch.where(inside, -inf, inf), torch.minimum(t_low, t_high)),
-            torch.where(parallel, torch.where(inside, inf, -inf), torch.maximum(t_low, t_high)))
-
-
-def _quadric(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
-             lower_nappe_dy: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Interval of t where a t^2 + 2 b t + c <= 0.
-
-    For a > 0 it lies between the roots. For a < 0 (only a cone, for a ray steeper than its side)
-    the set is two half-lines, one in each nappe of the double cone; ``lower_nappe_dy`` (the
-    ray's vertical direction) picks the one below the apex: the first if the ray goes up.
-    """
-    a = torch.where(a.abs() < _EPS, _EPS, a)  # a ray along the cone's side: treated as a tiny positive a
-    disc = b * b - a * c
-    root = torch.sqrt(disc.clamp_min(0.0))
-    r1, r2 = (-b - root) / a, (-b + root) / a
-    lo, hi = torch.minimum(r1, r2), torch.maximum(r1, r2)
-    inf = torch.full_like(lo, math.inf)
-    between_lo = torch.where(disc >= 0, lo, inf)
-    between_hi = torch.where(disc >= 0, hi, -inf)
-    if lower_nappe_dy is None:
-        return between_lo, between_hi
-    going_up = (lower_nappe_dy > 0).expand_as(lo)
-    outside_lo = torch.where(going_up, -inf, hi)
-    outside_hi = torch.where(going_up, lo, inf)
-    return torch.where(a > 0, between_lo, outside_lo), torch.where(a > 0, between_hi, outside_hi)
-
-
-def _intersect(*intervals: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    t_in = torch.stack([i[0] for i in intervals]).amax(0)
-    t_out = torch.stack([i[1] for i in intervals]).amin(0)
-    return t_in, t_out
-
-
-def _span_sphere(o, d):
-    b = (o * d).sum(-1)
-    c = (o * o).sum(-1) - 1.0
-    return _quadric((d * d).sum(-1).expand_as(b), b, c)
-
-
-def _span_cube(o, d):
-    t_in, t_out = _slab(o, d, CUBE_HALF)  # [m, P, 3] each
-    return t_in.amax(-1), t_out.amin(-1)
-
-
-def _span_cylinder(o, d):
-    ox, oy, oz = o.unbind(-1)
-    dx, dy, dz = d.unbind(-1)
-    side = _quadric((dx * dx + dz * dz).expand_as(ox + dx), ox * dx + oz * dz, ox * ox + oz * oz - CYLINDER_RADIUS ** 2)
-    return _intersect(side, _slab(oy, dy, CYLINDER_HALF_HEIGHT))
-
-
-def _span_cone(o, d):
-    # the solid: x^2 + z^2 <= k^2 (h - y)^2 with -h <= y <= h, k = r / (2h)
-    ox, oy, oz = o.unbind(-1)
-    dx, dy, dz = d.unbind(-1)
-    h, k2 = CONE_HALF_HEIGHT, (CONE_RADIUS / (2 * CONE_HALF_HEIGHT)) ** 2
-    a = (dx * dx + dz * dz - k2 * dy * dy).expand_as(ox + dx)
-    b = ox * dx + oz * dz + k2 * dy * (h - oy)
-    c = ox * ox + oz * oz - k2 * (h - oy) ** 2
-    return _intersect(_quadric(a, b, c, lower_nappe_dy=dy), _slab(oy, dy, h))
-
-
 def _normal(name: str, p: torch.Tensor) -> torch.Tensor:
     """Outward unit normal ``[..., 3]`` at points ``p`` ``[..., 3]`` on a solid's surface (own frame).
 
@@ -272,16 +195,21 @@ def _normal(name: str, p: torch.Tensor) -> torch.Tensor:
         n = torch.where(on_cap.unsqueeze(-1), torch.stack([zero, y.sign(), zero], -1), torch.stack([x, zero, z], -1))
     elif name == "cone":
         h, k2 = CONE_HALF_HEIGHT, (CONE_RADIUS / (2 * CONE_HALF_HEIGHT)) ** 2
-        slant = torch.sqrt(x * x + z * z) / (math.sqrt(k2) * (h - y)).clamp_min(_EPS)
+        slant = torch.sqrt(x * x + z * z) / (math.sqrt(k2) * (h - y)).clamp_min(EPS)
         on_base = -y / h > slant
         side = torch.stack([x, k2 * (h - y), z], -1)  # gradient of x^2 + z^2 - k^2 (h - y)^2, halved
         n = torch.where(on_base.unsqueeze(-1), torch.stack([zero, -torch.ones_like(y), zero], -1), side)
     else:
         raise ValueError(f"unknown solid {name!r}; use one of {SHAPES}.")
-    return n / n.norm(dim=-1, keepdim=True).clamp_min(_EPS)
+    return n / n.norm(dim=-1, keepdim=True).clamp_min(EPS)
 
 
-_SPANS = {"sphere": _span_sphere, "cube": _span_cube, "cylinder": _span_cylinder, "cone": _span_cone}
+_SPANS = {
+    "sphere": span_sphere,
+    "cube": lambda o, d: span_cube(o, d, CUBE_HALF),
+    "cylinder": lambda o, d: span_cylinder(o, d, CYLINDER_RADIUS, CYLINDER_HALF_HEIGHT),
+    "cone": lambda o, d: span_cone(o, d, CONE_RADIUS, CONE_HALF_HEIGHT),
+}
 
 
 # ----------------------------------------------------------------------------------------
@@ -300,7 +228,7 @@ def _to_world(v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Te
     return torch.stack([x_new, y.expand_as(x_new), z_new], dim=-1)
 
 
-def solid_centres(factors: dict[str, torch.Tensor]) -> torch.Tensor:
+def _solid_centres(factors: dict[str, torch.Tensor]) -> torch.Tensor:
     """World position of each solid's centre ``[n, 3]`` (its lowest point touches the floor)."""
     bottom = torch.tensor([BOTTOM[s] for s in SHAPES], device=factors["scale"].device)
     x = factors["x_position"]
@@ -320,11 +248,11 @@ def render(factors: dict[str, torch.Tensor], size: int = 64, chunk: int = 256) -
     if factors["color"].shape != (n, 3):
         raise ValueError(f"render: factors['color'] must have shape [{n}, 3], got {tuple(factors['color'].shape)}.")
     device = factors["scale"].device
-    rays = camera_rays(size, device)  # [P, 3]
+    rays = _camera_rays(size, device)  # [P, 3]
     origin = _vec(CAMERA_POSITION, device)
-    light = light_direction(device)
+    light = _light_direction(device)
     bg_points, bg_t, bg_albedo, bg_lambert = _background(size, device)
-    centres = solid_centres(factors)
+    centres = _solid_centres(factors)
     images = torch.empty(n, size * size, 3, device=device)
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
@@ -365,52 +293,13 @@ def render(factors: dict[str, torch.Tensor], size: int = 64, chunk: int = 256) -
 # ----------------------------------------------------------------------------------------
 # The data set
 # ----------------------------------------------------------------------------------------
-def _cache_path(key: dict):
-    blob = json.dumps({"v": CACHE_VERSION, **key}, sort_keys=True)
-    digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
-    return cache_dir("color_scenes") / f"scenes-n{key['n']}-s{key['size']}-seed{key['seed']}-{digest}.pt"
-
-
-def _read_cache(path) -> dict | None:
-    """The cached set, or None when there is none or the file is unreadable (then it is rendered again)."""
-    if not path.exists():
-        return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # truncated by an interrupted write, or from an older torch
-        return None
-
-
-def _write_cache(path, blob: dict) -> None:
-    """Save atomically: a temporary file renamed into place, so a reader never sees half a file."""
-    partial = path.with_name(f"{path.name}.partial{os.getpid()}")
-    torch.save(blob, partial)
-    os.replace(partial, path)
-
-
-def _check_range(name: str, value, low: float, high: float, what: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"color_scenes: {name} must be a pair (low, high), got {value!r}.") from None
-    if not low <= lo <= hi <= high:
-        raise ValueError(f"color_scenes: {name} must satisfy {low} <= low <= high <= {high} ({what}), got {value!r}.")
-    return lo, hi
-
-
 def _check_arguments(n, size, seed, shapes, scale_range, x_range, chunk) -> None:
     for name, value, least in (("n", n, 1), ("size", size, 8), ("chunk", chunk, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"color_scenes: {name} must be an int >= {least}, got {value!r}.")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"color_scenes: seed must be an int, got {seed!r}.")
-    if isinstance(shapes, str) or not shapes:
-        raise ValueError(f"color_scenes: shapes must be a non-empty sequence of names from {SHAPES}, got {shapes!r} "
-                         f"(for one solid write shapes=({shapes!r},)).")
-    if any(s not in SHAPES for s in shapes) or len(set(shapes)) != len(shapes):
-        raise ValueError(f"color_scenes: shapes must be distinct names from {SHAPES}, got {tuple(shapes)}.")
-    _check_range("scale_range", scale_range, 0.1, 0.6, "larger solids leave the picture")
-    _check_range("x_range", x_range, -0.6, 0.6, "further out the solid leaves the picture")
+        check_int("color_scenes", name, value, least)
+    check_int("color_scenes", "seed", seed)
+    check_names("color_scenes", shapes, SHAPES)
+    check_range("color_scenes", "scale_range", scale_range, 0.1, 0.6, "larger solids leave the picture")
+    check_range("color_scenes", "x_range", x_range, -0.6, 0.6, "further out the solid leaves the picture")
 
 
 def color_scenes(n: int, size: int = 64, seed: int = 0, device: torch.device | str | None = None,
@@ -430,15 +319,14 @@ def color_scenes(n: int, size: int = 64, seed: int = 0, device: torch.device | s
     """
     _check_arguments(n, size, seed, shapes, scale_range, x_range, chunk)
     device = torch.device(device) if device is not None else torch.device("cpu")
-    key = {"n": n, "size": size, "seed": seed, "shapes": list(shapes),
+    key = {"v": CACHE_VERSION, "n": n, "size": size, "seed": seed, "shapes": list(shapes),
            "scale_range": [float(v) for v in scale_range], "x_range": [float(v) for v in x_range]}
-    path = _cache_path(key) if cache else None
-    blob = _read_cache(path) if path is not None else None
-    if blob is None:
-        factors = random_factors(n, seed, shapes, scale_range, x_range)
+
+    def make() -> dict:
+        factors = _random_factors(n, seed, shapes, scale_range, x_range)
         images = render({k: v.to(device) for k, v in factors.items()}, size=size, chunk=chunk)
-        blob = {"images": (images * 255.0).round().to(torch.uint8).cpu(), "factors": factors}
-        if path is not None:
-            _write_cache(path, blob)
+        return {"images": (images * 255.0).round().to(torch.uint8).cpu(), "factors": factors}
+
+    blob = cached(cache_path("color_scenes", "scenes", key) if cache else None, make)
     images = blob["images"].to(device).float().div_(255.0)
     return ColorScenes(images=images, factors={k: v.to(device) for k, v in blob["factors"].items()})

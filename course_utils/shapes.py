@@ -20,15 +20,13 @@ Generated sets are cached in ``data/cache/depth_shapes/``.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
 from typing import NamedTuple, Sequence
 
 import torch
 
-from .cache import cache_dir
+from .procedural import (balanced_ids, cache_path, cached, check_int, check_names, check_range, span_cone,
+                         span_cube, span_cylinder, span_sphere, uniform)
 
 SHAPES = ("sphere", "cube", "cylinder", "cone", "torus")
 
@@ -55,7 +53,7 @@ class DepthShapes(NamedTuple):
 # ----------------------------------------------------------------------------------------
 # Random factors
 # ----------------------------------------------------------------------------------------
-def quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:
+def _quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:
     """Unit quaternions ``[n, 4]`` (w, x, y, z) -> rotation matrices ``[n, 3, 3]``."""
     q = q / q.norm(dim=-1, keepdim=True)
     w, x, y, z = q.unbind(-1)
@@ -97,7 +95,7 @@ def axis_angles(rotation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return tilt, azimuth
 
 
-def random_factors(n: int, seed: int = 0, shapes: Sequence[str] = SHAPES,
+def _random_factors(n: int, seed: int = 0, shapes: Sequence[str] = SHAPES,
                    scale_range: tuple[float, float] = (0.55, 0.95)) -> dict[str, torch.Tensor]:
     """Draw the factors of ``n`` images on the CPU (deterministic for a seed).
 
@@ -106,98 +104,22 @@ def random_factors(n: int, seed: int = 0, shapes: Sequence[str] = SHAPES,
     unit quaternion). Scales are uniform in ``scale_range``.
     """
     generator = torch.Generator().manual_seed(seed)
-    ids = torch.tensor([SHAPES.index(s) for s in shapes], dtype=torch.int64)
-    shape_id = ids[torch.arange(n) % len(ids)][torch.randperm(n, generator=generator)]
+    shape_id = balanced_ids(n, shapes, SHAPES, generator)
     quaternion = torch.randn(n, 4, generator=generator)
     quaternion = quaternion / quaternion.norm(dim=1, keepdim=True)
     quaternion = quaternion * torch.where(quaternion[:, :1] < 0, -1.0, 1.0)  # q and -q: one rotation; keep w >= 0
-    lo, hi = scale_range
-    scale = lo + (hi - lo) * torch.rand(n, generator=generator)
-    rotation = quaternion_to_matrix(quaternion)
+    scale = uniform(n, scale_range, generator)
+    rotation = _quaternion_to_matrix(quaternion)
     tilt, azimuth = axis_angles(rotation)
     return {"shape_id": shape_id, "quaternion": quaternion, "rotation": rotation, "scale": scale,
             "tilt": tilt, "azimuth": azimuth}
 
 
 # ----------------------------------------------------------------------------------------
-# Ray-solid intersections in the solid's frame. o: ray origins [R, 3]; d: unit directions
-# [R, 3]. Each returns the ray parameter t of the first hit [R], +inf where the ray misses.
+# Ray-solid intersections in the solid's frame (course_utils.procedural has the quadrics and slabs).
+# o: ray origins [R, 3]; d: unit directions [R, 3]. Each returns the ray parameter t of the first hit
+# [R], +inf where the ray misses.
 # ----------------------------------------------------------------------------------------
-_EPS = 1e-9
-
-
-def _safe(v: torch.Tensor) -> torch.Tensor:
-    """v with entries of magnitude < 1e-9 moved to +-1e-9 (for divisions)."""
-    return torch.where(v.abs() < _EPS, torch.where(v < 0, -_EPS, _EPS), v)
-
-
-def _slab(o: torch.Tensor, d: torch.Tensor, half: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Interval of t where |o + t d| <= half, per component: (t_in, t_out)."""
-    inv = 1.0 / _safe(d)
-    t1, t2 = (-half - o) * inv, (half - o) * inv
-    return torch.minimum(t1, t2), torch.maximum(t1, t2)
-
-
-def _first_in_quadric(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
-                      s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
-    """Smallest t in [s0, s1] with a t^2 + 2 b t + c <= 0; +inf if there is none.
-
-    For a > 0 the set is the interval between the roots; for a < 0 it is everything outside them
-    (both halves of a double cone); a ~ 0 is treated as a tiny positive a.
-    """
-    a = _safe(a)
-    disc = b * b - a * c
-    root = torch.sqrt(disc.clamp_min(0.0))
-    r1, r2 = (-b - root) / a, (-b + root) / a
-    r_lo, r_hi = torch.minimum(r1, r2), torch.maximum(r1, r2)
-    inf = torch.full_like(s0, math.inf)
-    # a > 0: inside between the roots
-    enter = torch.maximum(s0, r_lo)
-    t_pos = torch.where((disc >= 0) & (enter <= torch.minimum(s1, r_hi)), enter, inf)
-    # a < 0: inside outside the roots, or everywhere when there are no roots
-    t_neg = torch.where(s0 <= r_lo, s0, torch.where(r_hi <= s1, torch.maximum(s0, r_hi), inf))
-    t_neg = torch.where(disc < 0, s0, t_neg)
-    t = torch.where(a > 0, t_pos, t_neg)
-    return torch.where(s0 <= s1, t, inf)
-
-
-def _hit_sphere(o: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    b = (o * d).sum(-1)
-    disc = b * b - ((o * o).sum(-1) - 1.0)
-    t = -b - torch.sqrt(disc.clamp_min(0.0))
-    return torch.where(disc >= 0, t, torch.full_like(t, math.inf))
-
-
-def _hit_cube(o: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    t_in, t_out = _slab(o, d, CUBE_HALF)  # [R, 3] each
-    enter, leave = t_in.amax(-1), t_out.amin(-1)
-    return torch.where(enter <= leave, enter, torch.full_like(enter, math.inf))
-
-
-def _hit_cylinder(o: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    ox, oy, oz = o.unbind(-1)
-    dx, dy, dz = d.unbind(-1)
-    s0, s1 = _slab(oy, dy, CYLINDER_HALF_HEIGHT)
-    a = dx * dx + dz * dz
-    b = ox * dx + oz * dz
-    c = ox * ox + oz * oz - CYLINDER_RADIUS ** 2
-    return _first_in_quadric(a, b, c, s0, s1)
-
-
-def _hit_cone(o: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    # inside: x^2 + z^2 <= k^2 (h - y)^2 with -h <= y <= h, k = r / (2h); within the slab h - y >= 0,
-    # so the quadric's second nappe (above the apex) never counts.
-    ox, oy, oz = o.unbind(-1)
-    dx, dy, dz = d.unbind(-1)
-    h = CONE_HALF_HEIGHT
-    k2 = (CONE_RADIUS / (2 * h)) ** 2
-    s0, s1 = _slab(oy, dy, h)
-    a = dx * dx + dz * dz - k2 * dy * dy
-    b = ox * dx + oz * dz + k2 * dy * (h - oy)
-    c = ox * ox + oz * oz - k2 * (h - oy) ** 2
-    return _first_in_quadric(a, b, c, s0, s1)
-
-
 def _torus_distance(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Exact signed distance to the torus (ring in the xz-plane, around the y axis)."""
     ring = torch.sqrt(x * x + z * z) - TORUS_MAJOR
@@ -232,14 +154,25 @@ def _hit_torus(o: torch.Tensor, d: torch.Tensor, block: int = 8) -> torch.Tensor
     return t_hit
 
 
-_HITS = {"sphere": _hit_sphere, "cube": _hit_cube, "cylinder": _hit_cylinder, "cone": _hit_cone,
-         "torus": _hit_torus}
+def _first_hit(span: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Where a ray enters a solid, +inf where it misses (the rays start outside every solid)."""
+    t_in, t_out = span
+    return torch.where(t_in <= t_out, t_in, torch.full_like(t_in, math.inf))
+
+
+_HITS = {
+    "sphere": lambda o, d: _first_hit(span_sphere(o, d)),
+    "cube": lambda o, d: _first_hit(span_cube(o, d, CUBE_HALF)),
+    "cylinder": lambda o, d: _first_hit(span_cylinder(o, d, CYLINDER_RADIUS, CYLINDER_HALF_HEIGHT)),
+    "cone": lambda o, d: _first_hit(span_cone(o, d, CONE_RADIUS, CONE_HALF_HEIGHT)),
+    "torus": _hit_torus,
+}
 
 
 # ----------------------------------------------------------------------------------------
 # Rendering
 # ----------------------------------------------------------------------------------------
-def pixel_grid(size: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _pixel_grid(size: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixel centres (x, y) in [-1, 1], each ``[size, size]``; row 0 is the top (y = +1 side)."""
     centres = (torch.arange(size, dtype=torch.float32, device=device) + 0.5) / size * 2.0 - 1.0
     y, x = torch.meshgrid(-centres, centres, indexing="ij")
@@ -258,7 +191,7 @@ def render(shape_id: torch.Tensor, rotation: torch.Tensor, scale: torch.Tensor, 
         raise ValueError(f"render: expected shape_id [n], rotation [n, 3, 3], scale [n]; got {tuple(shape_id.shape)}, "
                          f"{tuple(rotation.shape)}, {tuple(scale.shape)}.")
     device = rotation.device
-    x, y = pixel_grid(size, device)
+    x, y = _pixel_grid(size, device)
     x, y = x.reshape(-1), y.reshape(-1)  # [P], P = size * size
     origins = torch.stack([x, y, torch.full_like(x, CAMERA_Z)], dim=-1)  # [P, 3]; every ray travels along -z
     inside_disc = x * x + y * y  # [P]; only rays through a solid's bounding disc (radius s) can hit it
@@ -286,29 +219,13 @@ def render(shape_id: torch.Tensor, rotation: torch.Tensor, scale: torch.Tensor, 
 # ----------------------------------------------------------------------------------------
 # The data set
 # ----------------------------------------------------------------------------------------
-def _cache_path(n: int, size: int, seed: int, shapes: Sequence[str], scale_range: tuple[float, float]):
-    key = json.dumps({"v": CACHE_VERSION, "n": n, "size": size, "seed": seed, "shapes": list(shapes),
-                      "scale_range": [float(v) for v in scale_range]}, sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return cache_dir("depth_shapes") / f"depth-n{n}-s{size}-seed{seed}-{digest}.pt"
-
-
 def _check_arguments(n, size, seed, shapes, scale_range) -> None:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"depth_shapes: n must be a positive int (the number of images), got {n!r}.")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 4:
-        raise ValueError(f"depth_shapes: size must be an int >= 4 (pixels per side), got {size!r}.")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"depth_shapes: seed must be an int, got {seed!r}.")
-    if isinstance(shapes, str) or not shapes:
-        raise ValueError(f"depth_shapes: shapes must be a non-empty sequence of names from {SHAPES}, got {shapes!r}.")
-    unknown = [s for s in shapes if s not in SHAPES]
-    if unknown or len(set(shapes)) != len(shapes):
-        raise ValueError(f"depth_shapes: shapes must be distinct names from {SHAPES}, got {tuple(shapes)}.")
-    lo, hi = scale_range
-    if not 0 < lo <= hi <= 1:
-        raise ValueError(f"depth_shapes: scale_range must satisfy 0 < low <= high <= 1 (a solid of scale 1 just "
-                         f"fits the image), got {scale_range!r}.")
+    check_int("depth_shapes", "n", n, 1, " (the number of images)")
+    check_int("depth_shapes", "size", size, 4, " (pixels per side)")
+    check_int("depth_shapes", "seed", seed)
+    check_names("depth_shapes", shapes, SHAPES)
+    check_range("depth_shapes", "scale_range", scale_range, 0.0, 1.0, "a solid of scale 1 just fits the image",
+                open_low=True)
 
 
 def depth_shapes(n: int, size: int = 32, seed: int = 0, device: torch.device | str | None = None,
@@ -327,22 +244,16 @@ def depth_shapes(n: int, size: int = 32, seed: int = 0, device: torch.device | s
     """
     _check_arguments(n, size, seed, shapes, scale_range)
     device = torch.device(device) if device is not None else torch.device("cpu")
-    path = _cache_path(n, size, seed, shapes, scale_range) if cache else None
-    blob = None
-    if path is not None and path.exists():
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # a truncated or stale file: render again and overwrite it
-            blob = None
-    if blob is None:
-        factors = random_factors(n, seed, shapes, scale_range)
+    key = {"v": CACHE_VERSION, "n": n, "size": size, "seed": seed, "shapes": list(shapes),
+           "scale_range": [float(v) for v in scale_range]}
+
+    def make() -> dict:
+        factors = _random_factors(n, seed, shapes, scale_range)
         images = render(factors["shape_id"].to(device), factors["rotation"].to(device), factors["scale"].to(device),
                         size=size, chunk=chunk)
-        blob = {"images": images.cpu(), "factors": factors}
-        if path is not None:
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            torch.save(blob, tmp)
-            os.replace(tmp, path)
+        return {"images": images.cpu(), "factors": factors}
+
+    blob = cached(cache_path("depth_shapes", "depth", key) if cache else None, make)
     return DepthShapes(images=blob["images"].to(device),
                        factors={k: v.to(device) for k, v in blob["factors"].items()},
                        names=SHAPES)

@@ -1,4 +1,4 @@
-"""Interactive widgets: the latent explorer and the morphing slider.
+"""Interactive widgets: the latent explorer, and the morph between two codes (a plain figure).
 
 Each widget is built around a plain drawing function that returns a figure, so the
 same picture appears in a static page, in a test, and behind the sliders in JupyterLab.
@@ -67,22 +67,3 @@ def latent_explorer(decode_images: DecodeFn, z_dim: int, device: torch.device | 
         s.observe(redraw, names="value")
     redraw()
     return widgets.VBox([widgets.HBox(sliders[i:i + 4]) for i in range(0, n_sliders, 4)] + [output])
-
-
-def morph_slider(decode_images: DecodeFn, z_start: torch.Tensor, z_end: torch.Tensor):
-    """One slider t in [0, 1] decoding (1 - t) z_start + t z_end live."""
-    import ipywidgets as widgets
-
-    slider = widgets.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.05, description="t",
-                                 continuous_update=False)
-    output = widgets.Output()
-
-    def redraw(_change=None):
-        z = (1 - slider.value) * z_start + slider.value * z_end
-        with output:
-            output.clear_output(wait=True)
-            _show(draw_latent(decode_images, z.tolist(), device=z_start.device, title=f"t = {slider.value:.2f}"))
-
-    slider.observe(redraw, names="value")
-    redraw()
-    return widgets.VBox([slider, output])

@@ -84,8 +84,16 @@ def test_binarize_with_a_seeded_generator_is_fixed_and_without_is_fresh():
 def test_binarize_rejects_uint8_and_out_of_range():
     with pytest.raises(TypeError, match="to_float"):
         data.binarize(torch.zeros(2, 2, dtype=torch.uint8))
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+    with pytest.raises(ValueError, match=r"\[0, 1\].*to_float"):
         data.binarize(torch.full((2, 2), 255.0))
+    # off the CPU (here "meta", which holds no values) nothing is read back: no step waits for a GPU
+    assert data.binarize(torch.full((2, 2), 255.0, device="meta")).shape == (2, 2)
+
+
+def test_to_float_scales_uint8_and_refuses_what_is_float_already():
+    assert torch.equal(data.to_float(torch.tensor([0, 51, 255], dtype=torch.uint8)), torch.tensor([0.0, 0.2, 1.0]))
+    with pytest.raises(TypeError, match="uint8"):  # dividing floats by 255 again would darken every image
+        data.to_float(torch.tensor([0.0, 0.5]))
 
 
 def test_batches_cover_every_example_once_and_keep_pairs():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from course_utils import data, diagnostics, runtime, train
-from course_utils.losses import bernoulli_nll, kl_diag_normal
+from course_utils.losses import kl_diag_normal, neg_elbo
 from course_utils.models import MLPVAE
 
 
@@ -132,12 +132,6 @@ def tiny_run(tmp_path, monkeypatch):
     x, _ = data.mnist_tensors("train", limit=384)
     x = data.binarize(x, generator=torch.Generator().manual_seed(0))
 
-    def neg_elbo(model, x):
-        x_logits, z_loc, z_logvar = model(x)
-        recon, kl = bernoulli_nll(x_logits, x), kl_diag_normal(z_loc, z_logvar)
-        return {"loss": (recon + kl).mean(), "recon": recon.mean(), "kl": kl.mean(), "z_loc": z_loc,
-                "z_logvar": z_logvar}
-
     torch.manual_seed(0)
     return MLPVAE(z_dim=6, hidden=(64,)), neg_elbo, x
 
@@ -160,6 +154,9 @@ def test_fit_history_matches_a_second_pass_with_the_functions(tiny_run, capsys):
     fig = diagnostics.draw_dashboard(history, title="tiny")
     assert len(fig.axes) == len(diagnostics.DASHBOARD_PANELS)
     assert fig.axes[-1].patches  # the per-dimension KL bars were drawn
+    train_line, test_line = fig.axes[0].lines[:2]  # the loss panel: train solid, test dashed, per epoch
+    assert list(train_line.get_xdata()) == history["epoch"] and list(train_line.get_ydata()) == history["train_loss"]
+    assert list(test_line.get_ydata()) == history["test_loss"] and test_line.get_linestyle() == "--"
     plt.close(fig)
 
 
@@ -175,10 +172,10 @@ def test_log_aggregate_density_matches_torch_distributions_mixture():
     mixture = torch.distributions.MixtureSameFamily(
         torch.distributions.Categorical(torch.ones(7)),
         torch.distributions.Independent(torch.distributions.Normal(z_loc, torch.exp(0.5 * z_logvar)), 1))
-    got = diagnostics.log_aggregate_density(z, z_loc, z_logvar, chunk=4)  # several chunks
+    got = diagnostics._log_aggregate_density(z, z_loc, z_logvar, chunk=4)  # several chunks
     assert torch.allclose(got, mixture.log_prob(z).double(), atol=1e-5)
     with pytest.raises(ValueError, match=r"\[M, 3\]"):
-        diagnostics.log_aggregate_density(torch.zeros(2, 4), z_loc, z_logvar)
+        diagnostics._log_aggregate_density(torch.zeros(2, 4), z_loc, z_logvar)
 
 
 def test_aggregate_kl_of_one_gaussian_is_the_closed_form():
@@ -216,7 +213,7 @@ def test_a_device_without_float64_gets_float32_sums_and_cpu_float64_for_the_one_
         for loc, logvar in zip(z_loc.split(64), z_logvar.split(64)):
             stats.update(loc, logvar)
         return (stats.summary(), stats.sums["mu"].dtype, diagnostics.aggregate_gaussian_kl(z_loc, z_logvar),
-                diagnostics.log_aggregate_density(z, z_loc, z_logvar))
+                diagnostics._log_aggregate_density(z, z_loc, z_logvar))
 
     wide, wide_dtype, wide_kl, wide_density = run()
     assert wide_dtype == torch.float64
@@ -230,11 +227,6 @@ def test_a_device_without_float64_gets_float32_sums_and_cpu_float64_for_the_one_
     assert narrow["active_units"] == wide["active_units"] == 3
     assert narrow_kl == pytest.approx(wide_kl, rel=1e-12)
     assert torch.allclose(narrow_density, wide_density)
-
-
-def test_has_float64_is_false_only_for_apple_gpus():
-    assert runtime.has_float64(torch.device("cpu")) and runtime.has_float64("cuda")
-    assert not runtime.has_float64(torch.device("mps"))
 
 
 def test_no_bare_double_in_course_utils():

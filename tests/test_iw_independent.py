@@ -16,7 +16,7 @@ import torch
 from torch.distributions import Bernoulli, Independent, Normal
 
 from course_utils import data
-from course_utils.losses import bernoulli_nll, iw_log_likelihood, kl_diag_normal
+from course_utils.losses import bernoulli_nll, iw_log_likelihood, kl_diag_normal, neg_elbo
 from course_utils.models import ConvConfig, ConvVAE
 
 K = 500          # importance samples per image
@@ -35,9 +35,7 @@ def model_and_digits():
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(3):
         for (x_gray,) in data.batches(x_train, batch_size=100, generator=torch.Generator().manual_seed(1)):
-            x = torch.bernoulli(x_gray)
-            x_logits, z_loc, z_logvar = model(x)
-            loss = (bernoulli_nll(x_logits, x) + kl_diag_normal(z_loc, z_logvar)).mean()
+            loss = neg_elbo(model, torch.bernoulli(x_gray))["loss"]
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -149,46 +149,60 @@ def test_iw_log_likelihood_matches_the_exact_value():
     model = LinearGaussian()
     x = model.decode(torch.randn(20, 2, dtype=torch.float64)) + 0.5 * torch.randn(20, 5, dtype=torch.float64)
     exact = model.exact_log_px(x)
-    est = iw_log_likelihood(model, x, k=1000, likelihood=_lg_likelihood(model), batch_size=7, max_decode=700)
+    est = iw_log_likelihood(model, x, k=1000, nll=_lg_likelihood(model), batch_size=7, max_decode=700)
     assert est.shape == (20,)
     assert (est - exact).abs().mean() < 0.05, (est - exact)
     # a lower bound in expectation (Jensen): over repeated estimates of every example, the
     # average excess over the exact value is not positive beyond Monte Carlo noise (3 standard errors)
-    errors = torch.stack([iw_log_likelihood(model, x, k=1000, likelihood=_lg_likelihood(model)) - exact
+    errors = torch.stack([iw_log_likelihood(model, x, k=1000, nll=_lg_likelihood(model)) - exact
                           for _ in range(8)]).flatten()
     assert errors.mean() < 3 * errors.std() / errors.numel() ** 0.5, errors.mean()
 
 
 def test_iw_log_likelihood_is_exact_with_the_true_posterior_even_at_k1():
-    model = LinearGaussian(exact_posterior=True)
     x = torch.randn(6, 5, dtype=torch.float64)
-    # with q = the exact posterior... but only its diagonal: correlated posteriors need d=1
+    # q = the exact posterior (d=1: a diagonal q can hold it): every importance weight equals p(x), so one is enough
     model1 = LinearGaussian(d=1, exact_posterior=True)
-    est = iw_log_likelihood(model1, x, k=1, likelihood=_lg_likelihood(model1))
+    est = iw_log_likelihood(model1, x, k=1, nll=_lg_likelihood(model1))
     torch.testing.assert_close(est, model1.exact_log_px(x))
-    del model
+    # the same model with an imperfect q: one sample's weight is noisy, off log p(x) by nats
+    imperfect = LinearGaussian(d=1)
+    off = iw_log_likelihood(imperfect, x, k=1, nll=_lg_likelihood(imperfect)) - imperfect.exact_log_px(x)
+    assert off.abs().mean() > 0.1, off
 
 
 def test_iw_bound_tightens_with_k():
     model = LinearGaussian()
     x = torch.randn(50, 5, dtype=torch.float64)
     lik = _lg_likelihood(model)
-    elbo = iw_log_likelihood(model, x, k=1, likelihood=lik).mean()
-    iw50 = iw_log_likelihood(model, x, k=50, likelihood=lik).mean()
+    elbo = iw_log_likelihood(model, x, k=1, nll=lik).mean()
+    iw50 = iw_log_likelihood(model, x, k=50, nll=lik).mean()
     assert elbo < iw50 < model.exact_log_px(x).mean() + 0.02
 
 
-def test_validation_can_be_switched_off_for_speed():
-    from course_utils import losses
-    bad = torch.tensor([[2.0]])
-    bernoulli_nll(torch.zeros(1, 1), bad, validate=False)  # no check, no error
-    losses.set_validation(False)
-    try:
-        bernoulli_nll(torch.zeros(1, 1), bad)
-    finally:
-        losses.set_validation(True)
-    with pytest.raises(ValueError):
-        bernoulli_nll(torch.zeros(1, 1), bad)
+def test_bernoulli_nll_checks_the_range_on_the_cpu_only():
+    # on the CPU a learner's unscaled images get the clear error; on another device (here "meta", which holds no
+    # values, as a GPU's values are out of the CPU's reach) nothing is read back, so no step waits for the device
+    bad = torch.full((2, 1, 4, 4), 255.0)
+    with pytest.raises(ValueError, match=r"\[0, 1\].*to_float"):
+        bernoulli_nll(torch.zeros_like(bad), bad)
+    assert bernoulli_nll(torch.zeros_like(bad, device="meta"), bad.to("meta")).shape == (2,)
+
+
+@pytest.mark.parametrize("k", [0, -3, 2.5, True, "10"])
+def test_iw_log_likelihood_wants_a_whole_number_of_samples(k):
+    model = LinearGaussian()
+    with pytest.raises(ValueError, match="k is the number of importance samples"):
+        iw_log_likelihood(model, torch.randn(2, 5, dtype=torch.float64), k=k, nll=_lg_likelihood(model))
+
+
+def test_iw_log_likelihood_takes_the_nll_by_its_name():
+    model = LinearGaussian()
+    x = torch.randn(3, 5, dtype=torch.float64)
+    with pytest.raises(TypeError):  # the old keyword is gone: a Gaussian model silently scored as Bernoulli is worse
+        iw_log_likelihood(model, x, k=2, likelihood=_lg_likelihood(model))
+    with pytest.raises(TypeError, match="nll must be a function"):
+        iw_log_likelihood(model, x, k=2, nll=0.5)
 
 
 def test_nll_from_subset_is_the_control_variate_formula_and_its_two_part_error():

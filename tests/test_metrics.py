@@ -41,12 +41,20 @@ def test_frechet_distance_rejects_bad_shapes():
         metrics.frechet_distance_from_features(torch.randn(10, 3), torch.randn(10, 4))
 
 
-def test_classifier_learns_and_separates_real_from_noise():
+def test_classifier_learns_and_separates_real_from_noise(tmp_path, monkeypatch):
+    # trained here, into this test's own cache: never weights an earlier run left behind
+    monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(metrics, "_CLASSIFIERS", {})
     clf = metrics.mnist_classifier("cpu")
+    assert len(list((tmp_path / "checkpoints").glob("mnist-classifier-*.pt"))) == 1  # saved for the next call
     assert clf.test_accuracy > 0.9
     x, _ = data.mnist_tensors("test", limit=1000)
-    real_vs_real = metrics.frechet_distance(x[:500], x[500:], clf)
-    real_vs_noise = metrics.frechet_distance(x[:500], torch.rand(500, 1, 28, 28), clf)
+
+    def frechet(a, b):
+        return metrics.frechet_distance_from_features(metrics.classifier_features(a, clf),
+                                                      metrics.classifier_features(b, clf))
+    real_vs_real = frechet(x[:500], x[500:])
+    real_vs_noise = frechet(x[:500], torch.rand(500, 1, 28, 28))
     assert real_vs_noise > 10 * real_vs_real
     assert metrics.classifier_confidence(x[:200], clf).mean() > 0.9
     with pytest.raises(ValueError, match=r"\[B, 1, 28, 28\]"):

@@ -12,11 +12,9 @@ from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from torch import nn
 
-from course_utils.losses import bernoulli_nll, gaussian_nll, iw_log_likelihood, kl_diag_normal, log_normal_diag
+from course_utils.losses import bernoulli_nll, gaussian_nll, iw_log_likelihood, kl_diag_normal, log_normal_diag, neg_elbo
 from course_utils.models import ConvVAE, MLPVAE
-from course_utils.pyro_vae import (VARIANTS, JitTraceMeanFieldOnce_ELBO, PyroVAE, Variant, bernoulli_likelihood,
-                                   format_table, latent_size, make_step, neg_elbo, nll_from, step_time_table,
-                                   time_per_step)
+from course_utils.pyro_vae import PyroVAE, bernoulli_likelihood, nll_from
 
 ESTIMATORS = [(TraceMeanField_ELBO, True), (Trace_ELBO, False)]  # (Pyro ELBO, hand-written analytic_kl)
 TOL = dict(rtol=1e-10, atol=1e-8)
@@ -217,15 +215,18 @@ def test_nll_from_matches_the_course_losses_and_feeds_iw_log_likelihood():
     torch.manual_seed(0)
     net = MLPVAE(z_dim=4, hidden=(16,)).double()
     g1, g2 = (torch.Generator().manual_seed(3) for _ in range(2))
-    torch.testing.assert_close(iw_log_likelihood(net, x, k=20, likelihood=nll_from(bernoulli_likelihood), generator=g1),
+    torch.testing.assert_close(iw_log_likelihood(net, x, k=20, nll=nll_from(bernoulli_likelihood), generator=g1),
                                iw_log_likelihood(net, x, k=20, generator=g2))
 
 
-def test_latent_size_of_course_models_and_a_clear_error_otherwise():
-    assert latent_size(MLPVAE(z_dim=7, hidden=(8,))) == 7
-    assert latent_size(ConvVAE(z_dim=9, channels=(4,), hidden=8)) == 9
+def test_the_latent_size_comes_from_the_network_and_a_clear_error_otherwise():
+    assert PyroVAE(MLPVAE(z_dim=7, hidden=(8,))).z_dim == 7
+    assert PyroVAE(ConvVAE(z_dim=9, channels=(4,), hidden=8)).z_dim == 9
+    assert PyroVAE(_TinyConditional(z_dim=3), z_dim=3).z_dim == 3
+    without = _TinyConditional()
+    del without.z_dim
     with pytest.raises(TypeError, match="z_dim"):
-        latent_size(nn.Linear(3, 3))
+        PyroVAE(without)
     with pytest.raises(TypeError, match="encode"):
         PyroVAE(nn.Linear(3, 3))
 
@@ -291,79 +292,3 @@ def test_a_stale_param_store_trains_nothing_and_piles_up_the_new_networks_gradie
         torch.testing.assert_close(p, b - 1e-2 * g, rtol=1e-9, atol=1e-12)  # one plain SGD step on this batch
     for b, p, g, stale in zip(before, after[False], clean, new_net.parameters()):
         torch.testing.assert_close(p, b - 1e-2 * (g + stale.grad), rtol=1e-9, atol=1e-12)  # the stale sum leaks in
-
-
-def test_jit_mean_field_once_compiles_once_and_estimates_the_same_elbo():
-    torch.manual_seed(0)
-    net = MLPVAE(z_dim=4, hidden=(16,))
-    vae = PyroVAE(net)
-    model, guide = vae.model, vae.guide  # the same objects every call: the compiled loss is cached by their id
-    x = _binary(8).float()
-    elbo = JitTraceMeanFieldOnce_ELBO(ignore_jit_warnings=True)
-    elbo.differentiable_loss(model, guide, x)  # compiles
-    python_calls = []
-    hook = net.decoder.register_forward_hook(lambda *args: python_calls.append(1))
-    with torch.no_grad():
-        jit_values = torch.stack([elbo.differentiable_loss(model, guide, x) for _ in range(200)])
-    hook.remove()
-    assert python_calls == [], "the compiled loss ran the Python model again"
-    assert len(elbo._differentiable_loss.compiled) == 1
-    with torch.no_grad():
-        eager_values = torch.stack([TraceMeanField_ELBO().differentiable_loss(model, guide, x) for _ in range(200)])
-    standard_error = ((jit_values.var() + eager_values.var()) / 200).sqrt()
-    assert abs(jit_values.mean() - eager_values.mean()) < 4 * standard_error + 1e-3
-
-
-def test_every_step_variant_runs_and_lowers_the_loss():
-    x = _binary(32).float()
-    for i, variant in enumerate(VARIANTS):
-        torch.manual_seed(0)
-        net = MLPVAE(z_dim=4, hidden=(32,))
-        step = make_step(variant, net, lr=1e-2, name=f"v{i}")
-        torch.manual_seed(1)
-        start = neg_elbo(net, x)["loss"].item()
-        for _ in range(25):
-            step(x)
-        torch.manual_seed(1)
-        assert neg_elbo(net, x)["loss"].item() < start - 50, variant.name
-
-
-def test_step_time_table_rows_and_markdown():
-    x = _binary(16).float()
-    variants = (VARIANTS[0], Variant("SVI + TraceMeanField_ELBO", TraceMeanField_ELBO))
-    rows = step_time_table(lambda: MLPVAE(z_dim=4, hidden=(16,)), x, batch_sizes=(8, 16), variants=variants,
-                           steps=2, rounds=2, warmup=1)
-    assert [(r["variant"], r["batch_size"]) for r in rows] == [(v.name, b) for b in (8, 16) for v in variants]
-    # each ratio is against the hand-written row of the same batch size
-    for ref, other in (rows[0:2], rows[2:4]):
-        assert ref["ratio"] == 1.0 and other["ratio"] == pytest.approx(other["ms_per_step"] / ref["ms_per_step"])
-    table = format_table(rows, "cpu")
-    assert "| SVI + TraceMeanField_ELBO |" in table and "batch 16" in table
-    with pytest.raises(ValueError, match="largest batch"):
-        step_time_table(lambda: MLPVAE(z_dim=4, hidden=(16,)), x, batch_sizes=(32,), variants=variants)
-    with pytest.raises(ValueError, match=r"in \[0, 1\].*binarize"):  # the hand-written rows skip the check: it is here
-        step_time_table(lambda: MLPVAE(z_dim=4, hidden=(16,)), 2 * x, batch_sizes=(8,), variants=variants)
-    with pytest.raises(ValueError):
-        time_per_step(lambda b: None, [], steps=1)
-
-
-def test_a_row_called_no_sync_reads_nothing_from_the_device(device_reads):
-    # the step-time table's labels are claims about host syncs, which cost most on a GPU: count them here
-    x = _binary(16).float()
-    reads = {}
-    for i, variant in enumerate(VARIANTS):
-        torch.manual_seed(0)
-        step = make_step(variant, MLPVAE(z_dim=4, hidden=(16,)), name=f"reads{i}")
-        for _ in range(3):  # past the JIT's tracing
-            step(x)
-        reads[variant.name] = device_reads(step, x)
-    pyro.clear_param_store()
-    for name, found in reads.items():
-        if "no sync" in name or name == "hand-written (torch Adam)":
-            assert not found, (name, found)
-    assert sum(reads["hand-written + float(loss) each step"].values()) == 1
-    assert sum(reads["SVI + TraceMeanField_ELBO, validation off"].values()) == 1  # svi.step's float
-    # Pyro's differentiable_loss reads the loss back (torch_item) and checks it and its gradient for NaN
-    assert sum(reads["TraceMeanField_ELBO + torch Adam, validation off"].values()) >= 2
-    assert sum(reads["SVI + TraceMeanField_ELBO"].values()) > sum(
-        reads["SVI + TraceMeanField_ELBO, validation off"].values())  # validation's checks read too

@@ -12,13 +12,13 @@ ONE_LEVEL = 1.0 / 255  # images are rounded to 8-bit levels
 def one_scene(shape="sphere", hue=0.0, scale=0.5, yaw=0.0, x_position=0.0):
     """The factors of one hand-made scene."""
     hue_t = torch.tensor([hue])
-    return {"shape_id": torch.tensor([scenes.SHAPES.index(shape)]), "hue": hue_t, "color": scenes.hue_to_rgb(hue_t),
+    return {"shape_id": torch.tensor([scenes.SHAPES.index(shape)]), "hue": hue_t, "color": scenes._hue_to_rgb(hue_t),
             "scale": torch.tensor([scale]), "yaw": torch.tensor([yaw]), "x_position": torch.tensor([x_position])}
 
 
 def pixel(image, point, size=64):
     """The RGB value [3] of the pixel in which the world point [3] appears."""
-    row, col = scenes.project(point, size).floor().long().tolist()
+    row, col = scenes._project(point, size).floor().long().tolist()
     return image[:, row, col]
 
 
@@ -64,7 +64,7 @@ def test_chunking_does_not_change_the_images():
 
 
 def test_hue_to_rgb_primaries():
-    rgb = scenes.hue_to_rgb(torch.tensor([0.0, 1 / 3, 2 / 3]))
+    rgb = scenes._hue_to_rgb(torch.tensor([0.0, 1 / 3, 2 / 3]))
     high, low = scenes.BRIGHTNESS, scenes.BRIGHTNESS * (1 - scenes.SATURATION)
     expected = torch.tensor([[high, low, low], [low, high, low], [low, low, high]])
     torch.testing.assert_close(rgb, expected, atol=1e-6, rtol=0)
@@ -73,13 +73,13 @@ def test_hue_to_rgb_primaries():
 def test_wall_and_floor_colours_at_known_pixels():
     # a small solid on the right: the top-left pixel shows the lit wall, the bottom-left the lit floor
     image = scenes.render(one_scene(scale=0.3, x_position=0.5))[0]
-    light = scenes.light_direction()
+    light = scenes._light_direction()
     shade_wall = scenes.AMBIENT + (1 - scenes.AMBIENT) * light[2]  # the wall faces +z
     shade_floor = scenes.AMBIENT + (1 - scenes.AMBIENT) * light[1]  # the floor faces +y
     torch.testing.assert_close(image[:, 0, 0], torch.tensor(scenes.WALL_COLOR) * shade_wall)
     torch.testing.assert_close(image[:, -1, 0], torch.tensor(scenes.FLOOR_COLOR) * shade_floor)
     # and far from the solid the scene is the empty one
-    torch.testing.assert_close(image[:, :, :20], scenes.empty_scene()[:, :, :20])
+    torch.testing.assert_close(image[:, :, :20], scenes._empty_scene()[:, :, :20])
 
 
 @pytest.mark.parametrize("hue", [0.0, 0.25, 0.6])
@@ -87,14 +87,14 @@ def test_solid_colour_appears_at_its_centre(hue):
     factors = one_scene("sphere", hue=hue, scale=0.5)
     image = scenes.render(factors)[0]
     colour = factors["color"][0]
-    centre = scenes.solid_centres(factors)[0]
+    centre = scenes._solid_centres(factors)[0]
     seen = pixel(image, centre)
     # Lambert shading scales all three channels by one factor between AMBIENT and 1
     shade = seen / colour
     assert shade.max() - shade.min() < 1e-5
     assert scenes.AMBIENT <= shade.mean() <= 1
     # where the sphere's normal points at the light, the shade is (almost) 1: the full colour
-    light = scenes.light_direction()
+    light = scenes._light_direction()
     brightest = pixel(image, centre + 0.5 * light)
     torch.testing.assert_close(brightest, colour, atol=0.02, rtol=0)
 
@@ -104,12 +104,12 @@ def test_shadow_falls_where_a_blocked_light_ray_meets_the_floor():
     # it meets the floor behind the sphere, where the camera sees it
     factors = one_scene("sphere", scale=0.4, x_position=-0.3)
     image = scenes.render(factors)[0]
-    centre, light = scenes.solid_centres(factors)[0], scenes.light_direction()
+    centre, light = scenes._solid_centres(factors)[0], scenes._light_direction()
     inside = centre + torch.tensor([0.0, 0.8 * 0.4, 0.0])
     on_floor = inside - inside[1] / light[1] * light  # y = 0
     torch.testing.assert_close(pixel(image, on_floor), torch.tensor(scenes.FLOOR_COLOR) * scenes.AMBIENT)
     # the same floor point without the solid is lit
-    lit = pixel(scenes.empty_scene(), on_floor)
+    lit = pixel(scenes._empty_scene(), on_floor)
     assert (lit > pixel(image, on_floor) + 0.1).all()
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from course_utils import data, shapes
+from course_utils.cache import CacheWarning
 from course_utils.shapes import SHAPES, depth_shapes, render, rotation_about
 
 SIZE = 48
@@ -17,7 +18,7 @@ def _one(name: str, rotation: torch.Tensor, scale: float, size: int = SIZE) -> t
 
 
 def _radius(size: int = SIZE) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    x, y = shapes.pixel_grid(size)
+    x, y = shapes._pixel_grid(size)
     return x, y, torch.sqrt(x * x + y * y)
 
 
@@ -32,7 +33,7 @@ def _compare(image, expected, inside, outside, atol=1e-4):
 @pytest.mark.parametrize("scale", [0.55, 0.8, 0.95])
 def test_sphere_matches_closed_form(scale):
     # any rotation: a sphere of radius s at the origin has z = sqrt(s^2 - r^2)
-    rotation = shapes.quaternion_to_matrix(torch.tensor([[0.3, -0.5, 0.7, 0.2]]))[0]
+    rotation = shapes._quaternion_to_matrix(torch.tensor([[0.3, -0.5, 0.7, 0.2]]))[0]
     image = _one("sphere", rotation, scale)
     _, _, r = _radius()
     expected = (1.0 + torch.sqrt((scale ** 2 - r ** 2).clamp_min(0))) / 2
@@ -162,13 +163,14 @@ def test_corrupt_cache_is_rendered_again(tmp_path, monkeypatch):
     first = depth_shapes(10, size=8, seed=0)
     path = next((tmp_path / "cache" / "depth_shapes").glob("*.pt"))
     path.write_bytes(b"truncated")
-    again = depth_shapes(10, size=8, seed=0)
+    with pytest.warns(CacheWarning, match="damaged cache file"):  # one warning that names the file, then render
+        again = depth_shapes(10, size=8, seed=0)
     assert torch.equal(first.images, again.images)
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"n": 0}, "n must be a positive int"),
-    ({"n": 2.5}, "n must be a positive int"),
+    ({"n": 0}, "n must be an int >= 1"),
+    ({"n": 2.5}, "n must be an int >= 1"),
     ({"n": 4, "size": 2}, "size must be an int"),
     ({"n": 4, "seed": "a"}, "seed must be an int"),
     ({"n": 4, "shapes": ("sphere", "pyramid")}, "distinct names"),

@@ -1,8 +1,8 @@
 """Throughput benchmark: the course's device-resident batches vs the tutorial DataLoader pipeline,
 and the time per step of the Pyro VAE vs the hand-written one (issue 10, BENCHMARKS.md).
 
-    python -m course_utils.bench                         # best device, 300 timed steps per row
-    python -m course_utils.bench --device cpu --quick --json bench.json
+    python benchmarks/bench.py                         # best device, 300 timed steps per row (make bench)
+    python benchmarks/bench.py --device cpu --quick --json bench.json
 
 Part 1 trains notebook 02's large model (``NOTEBOOK_02_MODEL``: z = 32, channels 64 and 128, 1,024 hidden
 units; Bernoulli negative ELBO, dynamic binarization, Adam) for a fixed number of steps, at notebook 02's
@@ -25,7 +25,7 @@ notebook 02 takes there: fused Adam, recorded once as a CUDA graph and replayed 
 plain step); elsewhere the plain step.
 
 Part 2 times one optimization step of ``MLPVAE`` as Pyro SVI and as hand-written PyTorch on the
-same batches (notebook 04's table), through ``course_utils.pyro_vae``.
+same batches (notebook 04's comparison), through ``benchmarks/pyro_steps.py``.
 """
 from __future__ import annotations
 
@@ -42,11 +42,15 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .data import batches, binarize, load_mnist, to_float
-from .losses import bernoulli_nll, kl_diag_normal
-from .models import ConvConfig, ConvVAE, MLPVAE
-from .runtime import device_name, get_device, is_quick, time_steps
-from .train import cuda_graphed
+from course_utils.data import batches, binarize, load_mnist, to_float
+from course_utils.losses import neg_elbo
+from course_utils.models import ConvConfig, ConvVAE, MLPVAE
+from course_utils.runtime import get_device, is_quick
+from course_utils.train import cuda_graphed
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pyro_steps  # noqa: E402  (benchmarks/pyro_steps.py; it imports Pyro)
+from timing import device_name, time_steps  # noqa: E402  (benchmarks/timing.py)
 
 # Notebook 02's `BIG = VAEConfig(z_dim=32, channels=(64, 128), hidden=1024)`, written with the course's ConvVAE
 # (the same layers; tests/test_recipe_02.py checks that the two have the same weights' shapes).
@@ -87,7 +91,7 @@ def course_batches(x: torch.Tensor, batch_size: int, seed: int = 0) -> Iterator[
     generator = torch.Generator(x.device).manual_seed(seed)
     for _epoch in itertools.count():
         for (x_gray,) in batches(x, batch_size=batch_size, shuffle=True, generator=generator, drop_last=True):
-            yield binarize(x_gray, check=False)  # in [0, 1] by to_float; the range check would sync each step
+            yield binarize(x_gray)  # on a GPU binarize reads nothing back: no host sync per step
 
 
 def loader_batches(dataset: torch.utils.data.Dataset, batch_size: int, device: torch.device,
@@ -103,7 +107,7 @@ def loader_batches(dataset: torch.utils.data.Dataset, batch_size: int, device: t
                                          generator=torch.Generator().manual_seed(seed))
     for _epoch in itertools.count():
         for x_gray, _labels in loader:
-            yield binarize(x_gray.to(device, non_blocking=pin), check=False)  # ToTensor's range is [0, 1]
+            yield binarize(x_gray.to(device, non_blocking=pin))  # ToTensor's range is [0, 1]
 
 
 def conv_vae_step(model: ConvVAE, lr: float = 1e-3, *, graph_example: torch.Tensor | None = None) -> Step:
@@ -119,12 +123,11 @@ def conv_vae_step(model: ConvVAE, lr: float = 1e-3, *, graph_example: torch.Tens
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=on_gpu, capturable=graphed)
 
     def step(x: torch.Tensor) -> torch.Tensor:
-        x_logits, z_loc, z_logvar = model(x)
-        neg_elbo = (bernoulli_nll(x_logits, x, validate=False) + kl_diag_normal(z_loc, z_logvar)).mean()
+        loss = neg_elbo(model, x)["loss"]
         optimizer.zero_grad(set_to_none=True)
-        neg_elbo.backward()
+        loss.backward()
         optimizer.step()
-        return neg_elbo.detach()
+        return loss.detach()
     return cuda_graphed(step, graph_example, model, optimizer, fallback=False) if graphed else step
 
 
@@ -157,7 +160,7 @@ def throughput_rows(images: torch.Tensor, labels: torch.Tensor, device: torch.de
         torch.manual_seed(seed)
         model = ConvVAE(NOTEBOOK_02_MODEL).to(device)
         # recording needs one batch of the right shape: taken from the device before any loader thread starts
-        example = binarize(x_device[:batch_size], check=False) if graph else None
+        example = binarize(x_device[:batch_size]) if graph else None
         step = conv_vae_step(model, graph_example=example)
         source = make_source()
         try:
@@ -173,7 +176,7 @@ def throughput_rows(images: torch.Tensor, labels: torch.Tensor, device: torch.de
 # Part 2: Pyro vs hand-written (notebook 04)
 # ----------------------------------------------------------------------------------------
 def _wanted(variant, include_jit: bool, few: bool) -> bool:
-    """Which of ``pyro_vae.VARIANTS`` to time: JIT ones only on request; ``few`` keeps the plain
+    """Which of ``pyro_steps.VARIANTS`` to time: JIT ones only on request; ``few`` keeps the plain
     hand-written step and SVI with each ELBO at Pyro's defaults."""
     jit = variant.elbo is not None and variant.elbo.__name__.startswith("Jit")
     if few:
@@ -187,16 +190,14 @@ def pyro_rows(x: torch.Tensor, *, batch_size: int, steps: int, warmup: int, incl
 
     x: binary images ``[N, 1, 28, 28]`` on the device, N >= batch_size. ``few`` times only the
     hand-written step and SVI with Trace_ELBO and TraceMeanField_ELBO. Returns rows
-    ``{"variant", "ms_per_step", "ratio"}`` (notebook 04's ``pyro_vae.step_time_table``) with
+    ``{"variant", "ms_per_step", "ratio"}`` (``pyro_steps.step_time_table``) with
     ratio = ms / the hand-written ms.
     """
-    from . import pyro_vae  # Pyro is imported only when this part runs
-
     def make_net() -> MLPVAE:
         return MLPVAE(z_dim=20, hidden=(400,)).to(x.device)
 
-    variants = [v for v in pyro_vae.VARIANTS if _wanted(v, include_jit, few)]
-    rows = pyro_vae.step_time_table(make_net, x, batch_sizes=(batch_size,), variants=variants, steps=steps,
+    variants = [v for v in pyro_steps.VARIANTS if _wanted(v, include_jit, few)]
+    rows = pyro_steps.step_time_table(make_net, x, batch_sizes=(batch_size,), variants=variants, steps=steps,
                                     warmup=warmup, seed=seed)
     return [{"variant": r["variant"], "ms_per_step": r["ms_per_step"], "ratio": r["ratio"]} for r in rows]
 
@@ -279,7 +280,7 @@ def format_report(report: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m course_utils.bench",
+        prog="python benchmarks/bench.py",
         description="Images/s of the conv VAE fed by course batches vs a DataLoader, and Pyro vs hand-written.")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per row (default 300, quick 3)")
@@ -310,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  num_workers=num_workers, pyro_batch_size=args.pyro_batch_size or batch_size,
                  limit=1024 if args.quick else None, include_jit=args.jit, few_variants=args.quick,
                  graph=False if args.no_graph else None)  # None: recorded where the device is CUDA
-    report["command"] = " ".join(["python -m course_utils.bench", *(sys.argv[1:] if argv is None else argv)])
+    report["command"] = " ".join(["python benchmarks/bench.py", *(sys.argv[1:] if argv is None else argv)])
     print(format_report(report))
     print(f"\ncommand: {report['command']}")
     if args.json is not None:
