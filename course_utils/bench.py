@@ -46,7 +46,7 @@ from .data import batches, binarize, load_mnist, to_float
 from .losses import bernoulli_nll, kl_diag_normal
 from .models import ConvConfig, ConvVAE, MLPVAE
 from .runtime import device_name, get_device, is_quick, time_steps
-from .train import cuda_graphed
+from .speedrun import cuda_graphed
 
 # Notebook 02's `BIG = VAEConfig(z_dim=32, channels=(64, 128), hidden=1024)`, written with the course's ConvVAE
 # (the same layers; tests/test_recipe_02.py checks that the two have the same weights' shapes).
