@@ -46,7 +46,7 @@ from course_utils.data import batches, binarize, load_mnist, to_float
 from course_utils.losses import neg_elbo
 from course_utils.models import ConvConfig, ConvVAE, MLPVAE
 from course_utils.runtime import get_device, is_quick
-from course_utils.train import cuda_graphed
+from course_utils.speedrun import cuda_graphed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pyro_steps  # noqa: E402  (benchmarks/pyro_steps.py; it imports Pyro)

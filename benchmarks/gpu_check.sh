@@ -10,25 +10,30 @@
 # Then one device call per stage, with carry [".whl"] (a later stage on the same warm machine finds the
 # first stage's installs and checkpoint cache still there), or most of them in one call:
 #     DEADLINE_S=520 bash benchmarks/gpu_check.sh all
-#                                               # step, then the series (notebook 02's 30-s run and its
-#                                               # 84-nat check are part of it); bench, warm, 02's recipe and
+#                                               # step, then the series (notebook 07's 30-s run and its
+#                                               # 84-nat check are part of it); bench, warm, the recipe and
 #                                               # the unit tests only while enough of DEADLINE_S (default
 #                                               # 560 s) is left. Give the call a timeout_s of about 570:
 #                                               # killed at its limit, it still returns the log, where each
 #                                               # notebook's time and Checks output are written as it finishes
-#     bash benchmarks/gpu_check.sh step         # where notebook 02's step spends its time: the CUDA-graph
-#                                               # test, then variants side by side (the notebook's CUDA
+#     bash benchmarks/gpu_check.sh step         # where notebook 07's step spends its time: the CUDA-graph
+#                                               # test, then variants side by side (the recorded CUDA
 #                                               # graph, bf16, channels-last, ...), a profile,
-#                                               # and torch.compile's variant (not yet timed on a GPU)
+#                                               # and torch.compile's variant
 #     bash benchmarks/gpu_check.sh bench        # make bench + notebook 04's Pyro step table      (~1-2 min)
 #     bash benchmarks/gpu_check.sh series       # every notebook, full mode, cold cache: table     (target < 10 min)
 #     bash benchmarks/gpu_check.sh warm         # the same again with the cache warm: the ratio
-#     bash benchmarks/gpu_check.sh 02           # notebook 02 alone, full mode (the 84-nat target)
-#     bash benchmarks/gpu_check.sh recipe       # notebook 02's recipe alone, 30 s, k = 5000 on all digits
+#     bash benchmarks/gpu_check.sh 07           # notebook 07 alone, full mode (the 84-nat target)
+#     bash benchmarks/gpu_check.sh recipe       # notebook 07's recipe alone, 30 s, k = 5000 on all digits
 #                                               # (scored again in full float32, no TF32), with the
-#                                               # notebook's CUDA-graph step; then the same with the plain
+#                                               # recorded CUDA-graph step; then the same with the plain
 #                                               # step (--no-graph) and with batches of 1024         (~5 min)
 # Any other argument is passed to `course_utils.execute --only` (e.g. `03,05`).
+#
+# The checkpoints and generated data sets go to a cache of this script's own ($GPU_CHECK_CACHE, default
+# /tmp/gpu_check_cache), never to the project's data/cache: the series stage empties that folder for a cold
+# run, and the warm stage, run later on the same machine, finds it filled. The exit status is non-zero when
+# any command of the stage failed (each one's status is in the log).
 #
 # Results: $OUT/<stage>.log (tables as printed), $OUT/bench.json, and the executed notebooks of the
 # stage as $OUT/<stage>-nb.tar.gz (outputs included, for the figures and the numbers in them).
@@ -47,7 +52,11 @@ if ! python3 -c "import pyro, nbclient, ipykernel" 2>/dev/null; then
     fi
 fi
 export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
+CACHE=${GPU_CHECK_CACHE:-/tmp/gpu_check_cache}
+mkdir -p "$CACHE"
+export COURSE_CACHE_DIR=$CACHE  # this script's cache, not the project's data/cache
 t0=$(date +%s)
+failed=0
 
 log="$OUT/$stage.log"
 {
@@ -60,6 +69,7 @@ run() {  # a command, its output, its exit status and its wall time, into the st
     echo "\$ $*" >> "$log"
     local start=$(date +%s.%N) rc
     "$@" >> "$log" 2>&1; rc=$?
+    [ "$rc" -eq 0 ] || failed=1
     echo "exit $rc, wall $(python3 -c "print(f'{$(date +%s.%N) - $start:.1f}')") s" >> "$log"
 }
 
@@ -74,17 +84,16 @@ pyro_table() {  # notebook 04's step-time table alone, for a call that does not 
     run python3 -m course_utils.pyro_vae --batch-sizes 256 1024
 }
 series() {
-    rm -rf data/cache/checkpoints  # a cold first run; the generated data sets are rebuilt too
-    rm -rf data/cache/depth_shapes data/cache/color_scenes
+    rm -rf "${CACHE:?}"/* # a cold first run in this script's own cache; the generated data sets are rebuilt too
     run python3 -m course_utils.execute --out build/series --cell-timeout 240
     pack series
 }
 score="--k 5000 --n-eval 10000 --max-decode 50000"  # the 84-nat target's scoring: k = 5000, all test digits
-step() {  # notebook 02's training step: which lever the 30-s target needs (torch.compile: stage 'step' only)
+step() {  # notebook 07's training step: which lever the 30-s target needs (torch.compile: stage 'step' only)
     run python3 -m pytest -q -p no:cacheprovider tests/test_graph_step.py  # the recorded step trains as the plain one
     run python3 benchmarks/step_02.py --profile --json "$OUT/step.json"
 }
-recipe_headline() {  # notebook 02's recipe, 30 s on the clock, scored as the target is, then again in full float32
+recipe_headline() {  # notebook 07's recipe, 30 s on the clock, scored as the target is, then again in full float32
     run python3 benchmarks/recipe_02.py --budget-s 30 --epochs 100 $score
 }
 unit() {  # the unit tests on CUDA (five of them run only there); the browser test needs Chromium
@@ -97,7 +106,7 @@ warm() {
 
 case "$stage" in
     all)  # the short, decisive step measurement first, then the series: its length is the unknown, and it
-          # includes notebook 02's 30-s training and k = 5000 scoring (the 84-nat target) and 04's Pyro table;
+          # includes notebook 07's 30-s training and k = 5000 scoring (the 84-nat target) and 04's Pyro table;
           # the rest only while time is left (what is skipped is a stage of its own for the next call)
         step
         series
@@ -123,5 +132,6 @@ case "$stage" in
         pack "$stage"
         ;;
 esac
-echo "call total $(( $(date +%s) - t0 )) s" >> "$log"
+echo "call total $(( $(date +%s) - t0 )) s, $([ "$failed" -eq 0 ] && echo "every command passed" || echo "a command FAILED")" >> "$log"
 cat "$log"
+exit "$failed"

@@ -1,20 +1,20 @@
-"""Notebook 02's large model and training recipe, run for a set number of epochs on any device.
+"""Notebook 02's large model with notebook 07's training recipe, run for a set number of epochs on any device.
 
-Why: notebook 02's target (at most 84.0 nats, k = 5000, after at most 30 s of training on one H100) mixes two
+Why: notebook 07's target (at most 84.0 nats, k = 5000, after at most 30 s of training on one GPU) mixes two
 questions: how many epochs the recipe needs to reach 84 nats, and how many epochs a GPU runs in 30 s. The
 first does not depend on the device, so it can be answered on a CPU, slowly; the notebook then only has to be
-timed on a GPU. This script answers the first: it trains the notebook's own `VAE` with the notebook's own
-`train_within_budget` (read from the .ipynb, so they cannot drift apart) for `--epochs` epochs, the
-learning-rate schedule driven by steps, and scores the importance-weighted log-likelihood on an evenly spaced
-subset of the fixed test binarization (every (10000 / n)-th digit, so not the easy first digits); by default
-k = 1000 on 1,000 digits, about 5 minutes on a 2-core CPU.
+timed on a GPU. This script answers the first: it trains the course's model (`models.ConvVAE` with
+`speedrun.MODEL`, notebook 02's `BIG`) with `speedrun.train_within_budget`, the loop notebook 07 runs, for
+`--epochs` epochs, the learning-rate schedule driven by steps, and scores the importance-weighted
+log-likelihood on an evenly spaced subset of the fixed test binarization (every (10000 / n)-th digit, so not the
+easy first digits); by default k = 1000 on 1,000 digits, about 5 minutes on a 2-core CPU.
 
     python benchmarks/recipe_02.py --epochs 30                       # the GPU recipe: batch 512, peak lr 3e-3
-    python benchmarks/recipe_02.py --epochs 60 --k 5000 --n-eval 10000   # the notebook's GPU scoring (slow on a CPU)
-    python benchmarks/recipe_02.py --epochs 2 --batch 128 --lr 2e-3  # the notebook's CPU full-mode recipe
-    python benchmarks/recipe_02.py --budget-s 30 --epochs 100        # as the notebook on a GPU: the clock stops it
+    python benchmarks/recipe_02.py --epochs 60 --k 5000 --n-eval 10000   # the target's scoring (slow on a CPU)
+    python benchmarks/recipe_02.py --epochs 2 --batch 128 --lr 2e-3  # notebook 02's CPU full-mode sizes
+    python benchmarks/recipe_02.py --budget-s 30 --epochs 100        # as notebook 07 on a GPU: the clock stops it
     python benchmarks/recipe_02.py --budget-s 30 --epochs 100 --no-graph   # the same with the plain step
-    python benchmarks/recipe_02.py --epochs 30 --hidden 512          # the narrower model of before (also --channels)
+    python benchmarks/recipe_02.py --epochs 30 --hidden 512          # a narrower model (also --channels)
 
 Prints one JSON line (device, recipe, steps, training seconds, test -ELBO, IW NLL with its standard error, and
 the IW NLL for all 10,000 digits estimated from the scored ones with every digit's ELBO as control variate).
@@ -23,47 +23,43 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
-import re
+import platform
 import time
-from pathlib import Path
 
-import nbformat
 import torch
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "02_bernoulli_vae.ipynb"
-# The code cells that define the model, the loss and the training loop (the first code cell, the set-up, runs too).
-DEFINITIONS = ("class VAEConfig", "class Decoder", "class VAE(nn.Module)", "def bernoulli_recon",
-               "def with_fresh_binarization", "class TrainConfig")
+from course_utils import data, models, runtime, speedrun
+from course_utils.losses import bernoulli_nll, iw_log_likelihood, kl_diag_normal, nll_from_subset
+
+TEST_BINARIZATION_SEED = 0  # notebook 02's fixed test binarization
+N_Z = 16  # draws of z averaged into each scored digit's ELBO (notebook 02, section 5)
 
 
-def notebook_namespace(notebook: Path = NOTEBOOK) -> dict:
-    """Run notebook 02's set-up cell and its definition cells; return their namespace."""
-    cells = [c.source for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "code"]
-    namespace: dict = {}
-    exec(compile(cells[0], f"{notebook.name} (set-up cell)", "exec"), namespace)
-    for marker in DEFINITIONS:
-        found = [c for c in cells if marker in c]
-        if len(found) != 1:
-            raise RuntimeError(f"{notebook.name}: expected one code cell containing {marker!r}, found {len(found)}; "
-                               "update DEFINITIONS in benchmarks/recipe_02.py to match the notebook.")
-        source = found[0].split("\nmodel = ")[0]  # the model cell ends with a demonstration on test digits
-        exec(compile(source, f"{notebook.name} ({marker})", "exec"), namespace)
-    for constant in ("TEST_BINARIZATION_SEED", "N_Z"):  # plain integers set in cells the script does not run
-        found = re.search(rf"^{constant} = (\d+)", "\n".join(cells), flags=re.M)
-        if found is None:
-            raise RuntimeError(f"{notebook.name}: {constant} not found.")
-        namespace[constant] = int(found.group(1))
-    return namespace
+def device_name(device: torch.device) -> str:
+    """What a run ran on, for the JSON line: the GPU's model, or the CPU's architecture and torch threads."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads)"
 
 
-def model_sizes(args: argparse.Namespace) -> dict:
-    """VAEConfig keyword arguments from --channels and --hidden (the notebook's defaults where not given)."""
+@torch.no_grad()
+def neg_elbo_per_image(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """One-sample negative ELBO of each binary image in x [N, 1, 28, 28]: [N] nats (notebook 02, section 3)."""
+    def one_batch(xb: torch.Tensor) -> torch.Tensor:
+        x_logits, z_loc, z_logvar = model(xb)
+        return bernoulli_nll(x_logits, xb) + kl_diag_normal(z_loc, z_logvar)
+    return data.map_batches(one_batch, x)
+
+
+def model_config(args: argparse.Namespace) -> models.ConvConfig:
+    """``speedrun.MODEL`` (notebook 02's large model) with --channels and --hidden where given."""
     sizes = {"channels": tuple(args.channels)} if args.channels else {}
     if args.hidden:
         sizes["hidden"] = args.hidden
-    return sizes
+    return dataclasses.replace(speedrun.MODEL, **sizes)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,14 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     parser.add_argument("--decay", type=float, default=None,
-                        help="final fraction of the run with a falling learning rate (default: the notebook's)")
+                        help="final fraction of the run with a falling learning rate (default: TrainConfig's)")
     parser.add_argument("--channels", type=int, nargs=2, metavar=("C1", "C2"), default=None,
-                        help="channels of the two convolutions (default: the notebook's VAEConfig)")
+                        help="channels of the two convolutions (default: speedrun.MODEL's)")
     parser.add_argument("--hidden", type=int, default=None,
-                        help="width of the fully connected layers (default: the notebook's VAEConfig)")
+                        help="width of the fully connected layers (default: speedrun.MODEL's)")
     parser.add_argument("--n-train", type=int, default=60_000)
     parser.add_argument("--no-graph", action="store_true",
-                        help="on a GPU, train with the plain step instead of the notebook's recorded CUDA graph")
+                        help="on a GPU, train with the plain step instead of the recorded CUDA graph")
     parser.add_argument("--seed", type=int, default=0,
                         help="seeds the initialization, batch order and binarization (the test set's stays fixed)")
     parser.add_argument("--k", type=int, default=1000, help="importance samples per test digit (default 1000)")
@@ -110,48 +106,49 @@ def main(argv: list[str] | None = None) -> dict:
     if not 1 <= args.n_eval <= 10_000:
         parser.error("--n-eval must be between 1 and 10000")
 
-    nb = notebook_namespace()
-    data, runtime, device = nb["data"], nb["runtime"], nb["device"]
-    from course_utils.losses import iw_log_likelihood, nll_from_subset
+    device = runtime.get_device()
+    if device.type == "cuda":  # as notebook 07's set-up cell: TF32 in the products, cuDNN's autotuner
+        torch.backends.cudnn.benchmark = True
+        torch.set_float32_matmul_precision("high")
 
     x_train, _ = data.mnist_tensors("train", device, limit=args.n_train)
     x_test_gray, _ = data.mnist_tensors("test", "cpu")
-    generator = torch.Generator().manual_seed(nb["TEST_BINARIZATION_SEED"])
-    x_test = data.binarize(x_test_gray, generator=generator).to(device)  # the notebook's fixed binarization
+    generator = torch.Generator().manual_seed(TEST_BINARIZATION_SEED)
+    x_test = data.binarize(x_test_gray, generator=generator).to(device)  # notebook 02's fixed binarization
     eval_index = torch.linspace(0, len(x_test) - 1, args.n_eval, device=device).round().long()
     x_eval = x_test[eval_index]
 
     schedule = {} if args.decay is None else {"decay": args.decay}
-    cfg = nb["TrainConfig"](time_budget_s=args.budget_s, max_epochs=args.epochs, batch_size=args.batch,
-                            peak_lr=args.lr, seed=args.seed, **schedule)
-    model_cfg = nb["VAEConfig"](**model_sizes(args))
+    cfg = speedrun.TrainConfig(time_budget_s=args.budget_s, max_epochs=args.epochs, batch_size=args.batch,
+                               peak_lr=args.lr, seed=args.seed, **schedule)
+    model_cfg = model_config(args)
     runtime.seed_everything(args.seed)
-    model = nb["VAE"](model_cfg).to(device)
-    history = nb["train_within_budget"](model, nb["train_neg_elbo"], x_train, cfg, x_monitor=x_test[:2000],
-                                        cuda_graph=not args.no_graph)
+    model = models.ConvVAE(model_cfg).to(device)
+    history = speedrun.train_within_budget(model, speedrun.train_neg_elbo, x_train, cfg, x_monitor=x_test[:2000],
+                                           cuda_graph=not args.no_graph, progress=False)
     model.eval()
     start = time.perf_counter()
     log_px = iw_log_likelihood(model, x_eval, k=args.k, max_decode=args.max_decode,
                                generator=torch.Generator(device).manual_seed(2))
     eval_seconds = time.perf_counter() - start
     log_px_fp32 = None
-    if device.type == "cuda":  # the notebook's set-up cell turns TF32 on for every product, scoring included:
+    if device.type == "cuda":  # TF32 is on for every product, scoring included:
         with full_float32():  # score again in full float32 with the same draws, to see what that moves
             log_px_fp32 = iw_log_likelihood(model, x_eval, k=args.k, max_decode=args.max_decode,
                                             generator=torch.Generator(device).manual_seed(2))
     # Every digit's ELBO corrects the IW estimate for which digits were scored (a control variate, as notebook
-    # 02 does with the same helper and the same N_Z draws of z for the scored digits)
-    neg_elbo_by_digit = nb["neg_elbo_per_image"](model, x_test)  # [10000], one draw of z each
+    # 02 does with the same N_Z draws of z for the scored digits)
+    neg_elbo_by_digit = neg_elbo_per_image(model, x_test)  # [10000], one draw of z each
     test_neg_elbo = neg_elbo_by_digit.mean().item()
     neg_elbo_eval = neg_elbo_by_digit[eval_index]  # [n_eval]
     nll_all, nll_all_se = -log_px.mean().item(), (log_px.std().item() / math.sqrt(args.n_eval) if args.n_eval > 1
                                                  else None)  # every digit scored: nothing to correct
     if args.n_eval < len(x_test):
-        draws = torch.stack([nb["neg_elbo_per_image"](model, x_eval) for _ in range(nb["N_Z"])])  # [N_Z, n_eval]
+        draws = torch.stack([neg_elbo_per_image(model, x_eval) for _ in range(N_Z)])  # [N_Z, n_eval]
         neg_elbo_eval = draws.mean(0)  # the scored digits' ELBO, as the correction uses it
         nll_all, nll_all_se = nll_from_subset(log_px, draws, test_neg_elbo, len(x_test))
     result = {
-        "device": runtime.device_name(device), "cuda_graph": history["cuda_graph"],
+        "device": device_name(device), "cuda_graph": history["cuda_graph"],
         "epochs": round(history["epoch"][-1], 2), "steps": history["steps"],
         "seed": args.seed, "batch": args.batch, "peak_lr": args.lr, "warmup": cfg.warmup, "decay": cfg.decay,
         "n_train": len(x_train),

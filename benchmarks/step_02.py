@@ -3,16 +3,16 @@
     python benchmarks/step_02.py [--batch 512] [--steps 200] [--warmup 20] [--variants notebook,graph,...]
                                  [--profile] [--json FILE]
 
-Notebook 02's large model (read from the notebook, as ``recipe_02.py`` does) takes training steps on the
-device's own MNIST batches, one variant at a time, each from the same initial weights:
+Notebook 02's large model (``models.ConvVAE(speedrun.MODEL)``, as ``recipe_02.py`` builds it) takes training
+steps on the device's own MNIST batches, one variant at a time, each from the same initial weights:
 
-- ``notebook``: the notebook's plain step (``train_neg_elbo``, fused Adam; on a GPU the notebook's set-up
-  cell has already switched on TF32 and cuDNN's autotuner), as ``train_within_budget(..., cuda_graph=False)``;
+- ``notebook``: notebook 07's plain step (``speedrun.train_neg_elbo``, fused Adam; on a GPU with TF32 and
+  cuDNN's autotuner switched on, as 07's set-up cell does), as ``train_within_budget(..., cuda_graph=False)``;
 - ``channels_last``: the same with the model and the batches in channels-last memory layout;
 - ``bf16``: the forward pass under ``torch.autocast`` in bfloat16 (the loss is still summed in float32);
 - ``graph`` (CUDA only): the whole step (binarization, forward, backward, Adam) recorded once as a CUDA
-  graph and replayed, which removes the per-kernel launch cost from Python: ``course_utils.train.cuda_graphed``,
-  which the notebook's loop itself uses on a GPU (``notebook`` is its plain step, ``cuda_graph=False``);
+  graph and replayed, which removes the per-kernel launch cost from Python: ``course_utils.speedrun.cuda_graphed``,
+  which notebook 07's loop itself uses on a GPU (``notebook`` is its plain step, ``cuda_graph=False``);
 - ``graph_bf16``, ``graph_channels_last``: ``graph`` combined with one of the two above (what is left to gain
   once the launches are gone);
 - ``compile``: ``torch.compile(model)``; its first call's compile time is reported apart;
@@ -25,7 +25,7 @@ notebook's peak: the schedule costs nothing per step. ``--profile`` also profile
 steps: on a GPU it reports how much of a step's wall time the GPU spends running kernels (a low share
 means the step waits on Python and kernel launches) and the kernels that take longest.
 
-On a GPU this is the measurement that says which lever the 30-s target of notebook 02 needs. On a CPU it
+On a GPU this is the measurement that says which lever the 30-s target of notebook 07 needs. On a CPU it
 runs too (for the tests), without the ``graph`` variants.
 """
 from __future__ import annotations
@@ -40,11 +40,29 @@ from pathlib import Path
 
 import torch
 
+from course_utils import data, models, runtime, speedrun
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recipe_02 import model_sizes, notebook_namespace  # noqa: E402  (the notebook's model, loss, set-up)
+from recipe_02 import device_name, model_config  # noqa: E402  (benchmarks/ is a folder of scripts)
 
 VARIANTS = ("notebook", "channels_last", "bf16", "graph", "graph_bf16", "graph_channels_last", "compile", "batch2x")
-TRAIN_SECONDS = 30.0  # notebook 02's budget on a GPU
+TRAIN_SECONDS = 30.0  # notebook 07's budget on a GPU
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU): a clock read after it counts all the work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step, source, device: torch.device, *, steps: int) -> float:
+    """Seconds for ``steps`` calls of ``step`` on items drawn from ``source``, the device synchronized around."""
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(next(source))
+    synchronize(device)
+    return time.perf_counter() - start
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def batch_source(x: torch.Tensor, batch_size: int, data, seed: int = 0):
+def batch_source(x: torch.Tensor, batch_size: int, seed: int = 0):
     """Endless gray batches, slices of a fresh permutation each epoch, on x's device (as the notebook's loop)."""
     generator = torch.Generator(x.device).manual_seed(seed)
     for _epoch in itertools.count():
@@ -72,12 +90,12 @@ def batch_source(x: torch.Tensor, batch_size: int, data, seed: int = 0):
             yield x_gray
 
 
-def make_step(variant: str, model: torch.nn.Module, nb: dict, lr: float, example: torch.Tensor):
+def make_step(variant: str, model: torch.nn.Module, lr: float, example: torch.Tensor):
     """A function step(x_gray) -> loss tensor (still on the device) for one variant; the model is trained in place.
 
     A variant's name says what it changes: ``channels_last``, ``bf16``, ``compile``, and ``graph`` first
     (``graph_bf16``: the bf16 step, recorded)."""
-    device, loss_fn = example.device, nb["train_neg_elbo"]
+    device, loss_fn = example.device, speedrun.train_neg_elbo
     on_gpu = device.type == "cuda"
     graph, bf16 = variant.startswith("graph"), "bf16" in variant
     if graph and not on_gpu:
@@ -86,7 +104,7 @@ def make_step(variant: str, model: torch.nn.Module, nb: dict, lr: float, example
     if layout is torch.channels_last:
         model.to(memory_format=torch.channels_last)
     net = torch.compile(model) if variant == "compile" else model
-    # fused: as the notebook on a GPU; capturable: a recorded step (the notebook's own, course_utils.train's)
+    # fused: as notebook 07 on a GPU; capturable: a recorded step (07's own, course_utils.speedrun's)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=on_gpu, capturable=graph)
 
     def update(x_gray: torch.Tensor) -> torch.Tensor:
@@ -100,28 +118,26 @@ def make_step(variant: str, model: torch.nn.Module, nb: dict, lr: float, example
         return loss.detach()
     if not graph:
         return update
-    from course_utils import train
-    replay = train.cuda_graphed(update, example, model, optimizer, fallback=False)
+    replay = speedrun.cuda_graphed(update, example, model, optimizer, fallback=False)
 
     def step(x_gray: torch.Tensor) -> torch.Tensor:
-        train.set_lr(optimizer, lr)  # as the notebook's loop does every step (a device-side fill here)
+        speedrun.set_lr(optimizer, lr)  # as 07's loop does every step (a device-side fill here)
         return replay(x_gray)
     return step
 
 
-def time_variant(variant: str, nb: dict, x_train: torch.Tensor, args, initial_state: dict) -> dict:
-    runtime, data = nb["runtime"], nb["data"]
+def time_variant(variant: str, x_train: torch.Tensor, args, initial_state: dict) -> dict:
     batch = 2 * args.batch if variant == "batch2x" else args.batch
-    model = nb["VAE"](nb["VAEConfig"](**model_sizes(args))).to(x_train.device)
+    model = models.ConvVAE(model_config(args)).to(x_train.device)
     model.load_state_dict(initial_state)
-    source = batch_source(x_train, batch, data)
+    source = batch_source(x_train, batch)
     start = time.perf_counter()
-    step = make_step(variant, model, nb, args.lr, next(source))
+    step = make_step(variant, model, args.lr, next(source))
     losses = [step(next(source)) for _ in range(max(args.warmup, 1))]  # the first call compiles, if it does
-    runtime.synchronize(x_train.device)
+    synchronize(x_train.device)
     setup_seconds = time.perf_counter() - start
     losses = []
-    seconds = runtime.time_steps(lambda x: losses.append(step(x)), source, x_train.device, steps=args.steps)
+    seconds = time_steps(lambda x: losses.append(step(x)), source, x_train.device, steps=args.steps)
     ms = 1000 * seconds / args.steps
     steps_per_epoch = len(x_train) // batch
     return {"variant": variant, "batch": batch, "ms_per_step": round(ms, 3),
@@ -130,24 +146,24 @@ def time_variant(variant: str, nb: dict, x_train: torch.Tensor, args, initial_st
             "loss_last_20": round(torch.stack(losses[-20:]).float().mean().item(), 2)}
 
 
-def profile_notebook_step(nb: dict, x_train: torch.Tensor, args, initial_state: dict) -> dict:
+def profile_notebook_step(x_train: torch.Tensor, args, initial_state: dict) -> dict:
     """Profile 20 notebook steps: wall time per step, GPU kernel time per step, the longest kernels."""
     from torch.profiler import ProfilerActivity, profile
     device = x_train.device
-    model = nb["VAE"](nb["VAEConfig"](**model_sizes(args))).to(device)
+    model = models.ConvVAE(model_config(args)).to(device)
     model.load_state_dict(initial_state)
-    source = batch_source(x_train, args.batch, nb["data"], seed=1)
-    step = make_step("notebook", model, nb, args.lr, next(source))
+    source = batch_source(x_train, args.batch, seed=1)
+    step = make_step("notebook", model, args.lr, next(source))
     for _ in range(5):
         step(next(source))
-    nb["runtime"].synchronize(device)
+    synchronize(device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     n = 20
     with profile(activities=activities) as prof:
         start = time.perf_counter()
         for _ in range(n):
             step(next(source))
-        nb["runtime"].synchronize(device)
+        synchronize(device)
         wall = time.perf_counter() - start
     events = prof.key_averages()
 
@@ -174,21 +190,23 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {','.join(VARIANTS)}")
-    nb = notebook_namespace()
-    device, data, runtime = nb["device"], nb["data"], nb["runtime"]
+    device = runtime.get_device()
+    if device.type == "cuda":  # as notebook 07's set-up cell: TF32 in the products, cuDNN's autotuner
+        torch.backends.cudnn.benchmark = True
+        torch.set_float32_matmul_precision("high")
     recorded = [v for v in variants if v.startswith("graph")]
     if device.type != "cuda" and recorded:
         variants = [v for v in variants if v not in recorded]
         print(f"({', '.join(recorded)} skipped: a CUDA graph needs a CUDA device)")
     x_train, _ = data.mnist_tensors("train", device, limit=args.n_train)
     runtime.seed_everything(0)
-    initial_state = {k: v.clone() for k, v in nb["VAE"](nb["VAEConfig"](**model_sizes(args))).state_dict().items()}
+    initial_state = {k: v.clone() for k, v in models.ConvVAE(model_config(args)).state_dict().items()}
     print(f"notebook 02's model, batch {args.batch}, {args.steps} timed steps after {args.warmup}, on "
-          f"{runtime.device_name(device)}, torch {torch.__version__}", flush=True)
+          f"{device_name(device)}, torch {torch.__version__}", flush=True)
     rows = []
     for variant in variants:
         try:
-            row = time_variant(variant, nb, x_train, args, initial_state)
+            row = time_variant(variant, x_train, args, initial_state)
         except Exception as e:  # one variant failing (an old torch, no CUDA graphs) must not lose the others
             row = {"variant": variant, "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"}
         rows.append(row)
@@ -203,10 +221,10 @@ def main(argv: list[str] | None = None) -> dict:
         r["ratio"] = round(r["ms_per_step"] / reference, 3) if reference == reference else None
         print(f"| {r['variant']} | {r['batch']} | {r['ms_per_step']:.2f} | {r['images_per_s']} | "
               f"{r['epochs_in_30s']} | {r['ratio']} | {r['loss_last_20']} | {r['setup_s']} |")
-    result = {"device": runtime.device_name(device), "torch": torch.__version__, "batch": args.batch,
+    result = {"device": device_name(device), "torch": torch.__version__, "batch": args.batch,
               "steps": args.steps, "rows": rows}
     if args.profile:
-        result["profile"] = profile_notebook_step(nb, x_train, args, initial_state)
+        result["profile"] = profile_notebook_step(x_train, args, initial_state)
         print("\nprofile of the notebook's step:", json.dumps(result["profile"], indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))

@@ -11,20 +11,14 @@
 The loop reads top to bottom: forward/backward/update, a guard against NaN/inf,
 per-epoch evaluation and logging. Ctrl-C stops it and keeps what was learned.
 A ``cache`` name makes a re-run load the saved weights and history instead of training.
-
-For hand-written loops on a GPU (notebook 02's 30-s run): ``set_lr`` sets a learning rate that may live on
-the device, and ``cuda_graphed`` records one training step as a CUDA graph, so that each later step is one
-launch instead of one per kernel (``restored`` undoes the warm-up steps that recording needs).
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
 import os
 import time
-import warnings
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -237,120 +231,3 @@ def fit(model: nn.Module, loss_fn: LossFn, train_data, *, epochs: int, batch_siz
         save_checkpoint(path, model, history)
     return history
 
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set every parameter group's learning rate to ``lr``: in place where it is a tensor (a CUDA graph
-    recorded the tensor's address and reads the rate from there at each replay), else by assignment."""
-    for group in optimizer.param_groups:
-        if isinstance(group["lr"], torch.Tensor):
-            group["lr"].fill_(lr)  # a device-side fill: no host sync
-        else:
-            group["lr"] = lr
-
-
-@contextlib.contextmanager
-def restored(model: nn.Module, optimizer: torch.optim.Optimizer):
-    """Train freely inside the block; on leaving it, the model's weights and buffers and the optimizer's state
-    are what they were on entering, restored *in place* (the same tensors, so a CUDA graph recorded inside
-    the block still points at them). Optimizer state first created inside the block is zeroed, which for
-    Adam (moments and step count) and SGD with momentum is the same as a fresh optimizer's."""
-    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    before = {id(p): {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
-              for p, state in optimizer.state.items()}
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for k, v in model.state_dict().items():
-                v.copy_(weights[k])
-            for p, state in optimizer.state.items():
-                old = before.get(id(p), {})
-                for k, v in state.items():
-                    if isinstance(v, torch.Tensor):
-                        v.copy_(old[k]) if k in old else v.zero_()
-                    elif k in old:
-                        state[k] = old[k]
-
-
-def cuda_graphed(step: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor, model: nn.Module,
-                 optimizer: torch.optim.Optimizer, *, warmup: int = 3, ahead: int = 3,
-                 fallback: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Record ``step(x) -> tensor`` (forward, backward, optimizer update) once as a CUDA graph; return
-    ``replay(x)``, which copies x into the recorded input, replays the whole step as one launch, and returns
-    a copy of the step's output.
-
-    Why: a small network on a GPU spends most of a step waiting for Python to launch its kernels one by one.
-    A replay runs the same kernels with none of that cost. What changes: only that the random numbers drawn
-    inside the step (torch's default CUDA generator, fresh at every replay) are not the ones an eager step
-    would draw.
-
-    Requirements, checked here: a CUDA ``example`` batch with the shape every later batch has; an optimizer
-    built with ``capturable=True`` (its learning rate becomes a device tensor: change it with ``set_lr``).
-    Recording runs ``warmup`` steps on a side stream first (as PyTorch's CUDA-graph notes ask); the weights
-    and optimizer state are then restored (``restored``), so the returned step starts from the model as it
-    was. ``ahead`` bounds how many replays may be queued on the GPU, so that a wall clock read on the host
-    stays within a few steps of the GPU's work. If recording fails and ``fallback`` is true, a warning says
-    why and the plain ``step`` is returned, its weights and optimizer state restored; if the failure left
-    CUDA's random-number generator unusable (older torch), a RuntimeError says to restart without the graph.
-    """
-    if example.device.type != "cuda":
-        raise RuntimeError(f"cuda_graphed needs a CUDA device, got a batch on {example.device}: "
-                           "on this device call the step directly.")
-    if not all(group.get("capturable") for group in optimizer.param_groups):
-        raise ValueError("cuda_graphed: build the optimizer with capturable=True (e.g. torch.optim.Adam(..., "
-                         "capturable=True)), so that its update can be recorded.")
-    if warmup < 1 or ahead < 1:
-        raise ValueError(f"cuda_graphed needs warmup >= 1 and ahead >= 1, got warmup={warmup}, ahead={ahead}.")
-    for group in optimizer.param_groups:  # a float rate would be baked into the recording: make it a tensor
-        if not isinstance(group["lr"], torch.Tensor):
-            group["lr"] = torch.tensor(float(group["lr"]), device=example.device)
-    static_x = example.detach().clone()
-    graph = torch.cuda.CUDAGraph()
-    try:
-        with restored(model, optimizer):
-            side = torch.cuda.Stream(device=example.device)
-            side.wait_stream(torch.cuda.current_stream(example.device))
-            with torch.cuda.stream(side), warnings.catch_warnings():
-                # warm-up: lazy initializations and cuDNN's autotuning happen here (torch.optim warns that a
-                # capturable optimizer is stepping uncaptured: here that is the point)
-                warnings.filterwarnings("ignore", message=".*capturable=True can impair performance")
-                for _ in range(warmup):
-                    step(static_x)
-            torch.cuda.current_stream(example.device).wait_stream(side)
-            optimizer.zero_grad(set_to_none=True)  # the recorded backward then writes gradients, not adds to them
-            # thread_local: CUDA work of other threads (a DataLoader's pinning thread) does not abort the recording
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                static_out = step(static_x)
-    except Exception as e:  # noqa: BLE001 -- any failure to record: say so, train without the graph
-        if not fallback:
-            raise
-        try:  # a failed recording can leave torch's CUDA random-number generator unusable (older versions)
-            torch.rand(1, device=example.device)
-        except RuntimeError as broken:
-            raise RuntimeError(f"cuda_graphed: recording the step failed ({type(e).__name__}: {str(e)[:200]}), "
-                               "and CUDA cannot go on in this process. Restart the kernel and train with the "
-                               "plain step (cuda_graph=False in notebook 02).") from broken
-        warnings.warn(f"cuda_graphed: recording the step failed ({type(e).__name__}: {str(e).strip()[:200]}); "
-                      "training with the plain step instead, from the same starting point.", stacklevel=2)
-        return step
-    if not isinstance(static_out, torch.Tensor):
-        raise TypeError(f"cuda_graphed: the step must return one tensor, got {type(static_out).__name__}.")
-    events = [torch.cuda.Event() for _ in range(ahead)]  # reused in turn: event i marks replay n, n + ahead, ...
-    replays = 0
-
-    def replay(x: torch.Tensor) -> torch.Tensor:
-        nonlocal replays
-        if x.shape != static_x.shape:
-            raise ValueError(f"a recorded step takes batches of shape {tuple(static_x.shape)}, got "
-                             f"{tuple(x.shape)}: use drop_last=True so that every batch is full.")
-        event = events[replays % ahead]
-        if replays >= ahead:
-            event.synchronize()  # wait for the replay `ahead` steps back, not for the last one
-        static_x.copy_(x)
-        graph.replay()
-        out = static_out.clone()  # the next replay overwrites static_out
-        event.record()
-        replays += 1
-        return out
-
-    return replay

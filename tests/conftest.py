@@ -39,13 +39,13 @@ def _benchmark_script(name: str):
 
 @pytest.fixture(scope="module")
 def recipe():
-    """benchmarks/recipe_02.py: notebook 02's recipe, read from the notebook."""
+    """benchmarks/recipe_02.py: notebook 02's large model trained with notebook 07's loop (course_utils.speedrun)."""
     return _benchmark_script("recipe_02")
 
 
 @pytest.fixture(scope="module")
 def step_02():
-    """benchmarks/step_02.py: notebook 02's training step, variant by variant."""
+    """benchmarks/step_02.py: notebook 07's training step, variant by variant."""
     return _benchmark_script("step_02")
 
 

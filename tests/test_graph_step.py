@@ -1,4 +1,4 @@
-"""course_utils.train's helpers for a hand-written GPU loop: set_lr, restored, cuda_graphed.
+"""course_utils.speedrun, notebook 07's helpers: its objective, and set_lr, restored, cuda_graphed for the GPU loop.
 
 The recording itself needs a CUDA device (the last three tests, skipped on a CPU); what a CPU can check is checked
 here: the learning rate is set in place, the warm-up is undone exactly, and misuse gets a clear error.
@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from course_utils import train
+from course_utils import speedrun
 
 
 def _net_and_adam(**adam):
@@ -31,13 +31,27 @@ def _step(net, optimizer):
     return step
 
 
+def test_the_speedrun_objective_is_the_courses_negative_elbo():
+    # speedrun.train_neg_elbo writes the objective without the data-range checks (no reads from the device):
+    # seeded alike, it must give losses.neg_elbo's numbers on data.binarize's coin flips
+    from course_utils import data, losses, models
+    model = models.ConvVAE(models.ConvConfig(channels=(8, 16), hidden=32))
+    x_gray = torch.rand(16, 1, 28, 28)
+    torch.manual_seed(5)
+    ours = speedrun.train_neg_elbo(model, x_gray)
+    torch.manual_seed(5)
+    reference = losses.neg_elbo(model, data.binarize(x_gray))
+    for term in ("loss", "recon", "kl", "z_loc", "z_logvar"):
+        torch.testing.assert_close(ours[term], reference[term])
+
+
 def test_set_lr_assigns_floats_and_fills_tensors_in_place():
     net, optimizer = _net_and_adam()
-    train.set_lr(optimizer, 0.5)
+    speedrun.set_lr(optimizer, 0.5)
     assert optimizer.param_groups[0]["lr"] == 0.5
     lr = torch.tensor(0.1)
     optimizer.param_groups[0]["lr"] = lr
-    train.set_lr(optimizer, 0.25)
+    speedrun.set_lr(optimizer, 0.25)
     assert optimizer.param_groups[0]["lr"] is lr and lr.item() == 0.25  # the same tensor: a graph still sees it
 
 
@@ -50,7 +64,7 @@ def test_restored_undoes_training_in_place_and_the_next_step_is_the_one_it_would
     for _ in range(steps_before):  # with and without optimizer state on entering
         step(x), twin_step(x)
     addresses = [v.data_ptr() for v in net.state_dict().values()]  # the batch norm's running statistics included
-    with train.restored(net, optimizer):
+    with speedrun.restored(net, optimizer):
         for _ in range(5):
             step(torch.randn(32, 6))
     assert addresses == [v.data_ptr() for v in net.state_dict().values()]  # the same storage, restored in place
@@ -66,7 +80,7 @@ def test_restored_restores_after_an_error_too():
     net, optimizer = _net_and_adam()
     before = {k: v.clone() for k, v in net.state_dict().items()}
     with pytest.raises(RuntimeError, match="boom"):
-        with train.restored(net, optimizer):
+        with speedrun.restored(net, optimizer):
             _step(net, optimizer)(torch.randn(8, 6))
             raise RuntimeError("boom")
     for k, v in before.items():
@@ -76,11 +90,11 @@ def test_restored_restores_after_an_error_too():
 def test_cuda_graphed_says_what_to_do_on_a_cpu_or_with_a_plain_optimizer():
     net, optimizer = _net_and_adam()
     with pytest.raises(RuntimeError, match="needs a CUDA device"):
-        train.cuda_graphed(_step(net, optimizer), torch.randn(8, 6), net, optimizer)
+        speedrun.cuda_graphed(_step(net, optimizer), torch.randn(8, 6), net, optimizer)
     if torch.cuda.is_available():
         net, optimizer = net.cuda(), torch.optim.Adam(net.parameters(), lr=1e-2)
         with pytest.raises(ValueError, match="capturable=True"):
-            train.cuda_graphed(_step(net, optimizer), torch.randn(8, 6, device="cuda"), net, optimizer)
+            speedrun.cuda_graphed(_step(net, optimizer), torch.randn(8, 6, device="cuda"), net, optimizer)
 
 
 @pytest.fixture
@@ -95,7 +109,7 @@ def no_tf32():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_recorded_step_trains_as_the_plain_step_does(no_tf32):
     """No randomness in this step, so replaying the recording must follow the plain step's weights closely,
-    with the learning rate changed between steps through set_lr (the schedule of notebook 02)."""
+    with the learning rate changed between steps through set_lr (the schedule of notebook 07)."""
     xs = [torch.randn(64, 6, device="cuda") for _ in range(20)]
     runs = {}
     for graphed in (False, True):
@@ -104,10 +118,10 @@ def test_a_recorded_step_trains_as_the_plain_step_does(no_tf32):
         optimizer = torch.optim.Adam(net.parameters(), lr=0.0, capturable=True, fused=True)
         step = _step(net, optimizer)
         if graphed:
-            step = train.cuda_graphed(step, xs[0], net, optimizer, fallback=False)
+            step = speedrun.cuda_graphed(step, xs[0], net, optimizer, fallback=False)
         losses = []
         for i, x in enumerate(xs):
-            train.set_lr(optimizer, 1e-2 * (1 - i / len(xs)))
+            speedrun.set_lr(optimizer, 1e-2 * (1 - i / len(xs)))
             losses.append(step(x))
         runs[graphed] = (torch.stack(losses).cpu(), {k: v.cpu() for k, v in net.state_dict().items()})
     torch.testing.assert_close(runs[True][0], runs[False][0], rtol=1e-4, atol=1e-5)
@@ -121,7 +135,7 @@ def test_a_recorded_step_trains_as_the_plain_step_does(no_tf32):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_each_replay_draws_fresh_random_numbers():
-    # notebook 02's claim: a replay differs from the plain step only in its random draws, which are fresh each
+    # notebook 07's claim: a replay differs from the plain step only in its random draws, which are fresh each
     # time (binarization, z); the same numbers at every replay would train on one fixed noise
     net, _ = _net_and_adam()
     net = net.cuda()
@@ -135,7 +149,7 @@ def test_each_replay_draws_fresh_random_numbers():
         optimizer.step()
         return noisy[0].detach()
 
-    replay = train.cuda_graphed(step, torch.zeros(8, 6, device="cuda"), net, optimizer, fallback=False)
+    replay = speedrun.cuda_graphed(step, torch.zeros(8, 6, device="cuda"), net, optimizer, fallback=False)
     draws = torch.stack([replay(torch.zeros(8, 6, device="cuda")) for _ in range(4)])
     assert torch.unique(draws, dim=0).shape[0] == 4, draws
 
@@ -148,7 +162,7 @@ def test_a_step_that_cannot_be_recorded_falls_back_or_says_what_to_do(tmp_path):
     script.write_text(
         "import warnings, torch\n"
         "from torch import nn\n"
-        "from course_utils import train\n"
+        "from course_utils import speedrun\n"
         "net = nn.Linear(6, 1).cuda()\n"
         "opt = torch.optim.Adam(net.parameters(), lr=1e-2, capturable=True, fused=True)\n"
         "def step(x):\n"
@@ -160,7 +174,7 @@ def test_a_step_that_cannot_be_recorded_falls_back_or_says_what_to_do(tmp_path):
         "try:\n"
         "    with warnings.catch_warnings(record=True) as caught:\n"
         "        warnings.simplefilter('always')\n"
-        "        plain = train.cuda_graphed(step, x, net, opt)\n"
+        "        plain = speedrun.cuda_graphed(step, x, net, opt)\n"
         "    assert plain is step and any('plain step' in str(w.message) for w in caught)\n"
         "    losses = [plain(x).item() for _ in range(5)]\n"
         "    print('FELL BACK', losses)\n"
