@@ -78,10 +78,10 @@ pack() {  # the executed notebooks of a stage, outputs included, into $OUT
     [ -d "build/$1" ] && tar -czf "$OUT/$1-nb.tar.gz" --exclude='*.html' -C build "$1"
 }
 bench() {  # throughput and its Pyro part; notebook 04's own table at batches 256 and 1024 comes with the series
-    run python3 -m course_utils.bench --json "$OUT/bench.json"
+    run python3 benchmarks/bench.py --json "$OUT/bench.json"
 }
 pyro_table() {  # notebook 04's step-time table alone, for a call that does not run the series
-    run python3 -m course_utils.pyro_vae --batch-sizes 256 1024
+    run python3 benchmarks/pyro_steps.py --batch-sizes 256 1024
 }
 series() {
     rm -rf "${CACHE:?}"/* # a cold first run in this script's own cache; the generated data sets are rebuilt too

@@ -26,23 +26,20 @@ import contextlib
 import dataclasses
 import json
 import math
-import platform
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from course_utils import data, models, runtime, speedrun
 from course_utils.losses import bernoulli_nll, iw_log_likelihood, kl_diag_normal, nll_from_subset
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import device_name  # noqa: E402  (benchmarks/timing.py)
+
 TEST_BINARIZATION_SEED = 0  # notebook 02's fixed test binarization
 N_Z = 16  # draws of z averaged into each scored digit's ELBO (notebook 02, section 5)
-
-
-def device_name(device: torch.device) -> str:
-    """What a run ran on, for the JSON line: the GPU's model, or the CPU's architecture and torch threads."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{device.type} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads)"
 
 
 @torch.no_grad()

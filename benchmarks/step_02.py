@@ -43,26 +43,11 @@ import torch
 from course_utils import data, models, runtime, speedrun
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recipe_02 import device_name, model_config  # noqa: E402  (benchmarks/ is a folder of scripts)
+from recipe_02 import model_config  # noqa: E402  (benchmarks/ is a folder of scripts)
+from timing import device_name, synchronize, time_steps  # noqa: E402
 
 VARIANTS = ("notebook", "channels_last", "bf16", "graph", "graph_bf16", "graph_channels_last", "compile", "batch2x")
 TRAIN_SECONDS = 30.0  # notebook 07's budget on a GPU
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work (a no-op on the CPU): a clock read after it counts all the work."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_steps(step, source, device: torch.device, *, steps: int) -> float:
-    """Seconds for ``steps`` calls of ``step`` on items drawn from ``source``, the device synchronized around."""
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step(next(source))
-    synchronize(device)
-    return time.perf_counter() - start
 
 
 def build_parser() -> argparse.ArgumentParser:
