@@ -35,8 +35,10 @@ unit: $(STAMP)
 notebooks: $(STAMP)
 	COURSE_QUICK=1 MPLBACKEND=Agg $(BIN)/python -m pytest -v --nbval-lax notebooks
 
+# A cell still running after CELL_TIMEOUT seconds fails its notebook, named in one line, and the run goes on.
+CELL_TIMEOUT ?= 1800
 execute: $(STAMP)
-	$(BIN)/python -m course_utils.execute --out build
+	$(BIN)/python -m course_utils.execute --out build --cell-timeout $(CELL_TIMEOUT)
 
 bench: $(STAMP)
 	$(BIN)/python -m course_utils.bench

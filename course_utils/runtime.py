@@ -76,9 +76,21 @@ def seed_everything(seed: int) -> None:
     pyro.set_rng_seed(seed)
 
 
+_QUICK_VALUES = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
+                 "off": False, "": False}
+
+
 def is_quick() -> bool:
-    """True when the course runs in quick mode (COURSE_QUICK=1, as set by the tests)."""
-    return os.environ.get("COURSE_QUICK", "0").strip().lower() in ("1", "true", "yes", "on")
+    """True when the course runs in quick mode (COURSE_QUICK=1, as set by the tests); unset or 0: full mode.
+
+    Any other value (COURSE_QUICK=2, =quick...) is an error that says which values mean what: a typo must not
+    silently run the full mode."""
+    value = os.environ.get("COURSE_QUICK", "")
+    try:
+        return _QUICK_VALUES[value.strip().lower()]
+    except KeyError:
+        raise ValueError(f"COURSE_QUICK={value!r} is not a mode: set COURSE_QUICK=1 for quick mode, or 0 (or leave "
+                         "it unset) for full mode.") from None
 
 
 def scaled(full: T, quick: T) -> T:
