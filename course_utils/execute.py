@@ -148,13 +148,84 @@ def execute_notebook(path: Path, out_dir: Path, quick: bool, timeout: int | None
     out_dir.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out_dir / path.name)
     try:
-        from nbconvert import HTMLExporter
+        import nbconvert  # noqa: F401
     except ImportError:  # a development dependency; the executed .ipynb above holds every output anyway
         pass
     else:
-        html, _ = HTMLExporter().from_notebook_node(nb)
-        (out_dir / path.with_suffix(".html").name).write_text(html, encoding="utf-8")
+        (out_dir / path.with_suffix(".html").name).write_text(offline_html(nb, out_dir), encoding="utf-8")
     return seconds, error
+
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+MATHJAX_DIR = "mathjax"  # beside the pages in --out
+
+
+def _mathjax_beside(out_dir: Path) -> str | None:
+    """A copy of MathJax in ``out_dir/mathjax`` (from the jupyter-server-mathjax package, copied once), as the
+    URL a page there loads it from; None where the package is not installed (pages then use a CDN)."""
+    import shutil
+    try:
+        import jupyter_server_mathjax
+    except ImportError:
+        return None
+    source = Path(jupyter_server_mathjax.__file__).parent / "static"
+    target = out_dir / MATHJAX_DIR
+    if not (target / "MathJax.js").exists():
+        shutil.copytree(source, target, dirs_exist_ok=True)
+    return f"{MATHJAX_DIR}/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe"  # the configuration it ships
+
+
+def static_widgets(nb):
+    """A copy of ``nb`` in which each displayed widget is replaced by what its ``Output`` widgets last held
+    (the figure a slider drew), and the widget state is dropped: a page that needs no widget manager."""
+    import copy
+
+    import nbformat
+    page = copy.deepcopy(nb)
+    state = page.metadata.pop("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+
+    def held(model_id: str, seen: set) -> list:
+        model = state.get(model_id)
+        if model is None or model_id in seen:
+            return []
+        seen.add(model_id)
+        outputs = list(model.get("state", {}).get("outputs", [])) if model.get("model_name") == "OutputModel" else []
+        for child in model.get("state", {}).get("children", []):
+            outputs += held(str(child).removeprefix("IPY_MODEL_"), seen)
+        return outputs
+
+    for cell in page.cells:
+        new_outputs = []
+        for output in cell.get("outputs", []):
+            view = output.get("data", {}).get(WIDGET_VIEW)
+            if view is None:
+                new_outputs.append(output)
+                continue
+            shown = held(view.get("model_id", ""), set())
+            new_outputs += [nbformat.from_dict(o) for o in shown] or [
+                nbformat.v4.new_output("stream", name="stdout", text="(an interactive widget: run the notebook)\n")]
+        if "outputs" in cell:
+            cell.outputs = new_outputs
+    return page
+
+
+def offline_html(nb, out_dir: Path) -> str:
+    """The executed notebook as an HTML page that works offline: MathJax from the copy beside it, and every
+    widget as the figures it last showed (``static_widgets``)."""
+    from nbconvert import HTMLExporter
+    exporter = HTMLExporter()
+    mathjax = _mathjax_beside(out_dir)
+    if mathjax is not None:
+        exporter.mathjax_url = mathjax
+    exporter.require_js_url = "data:text/javascript,"  # no output needs RequireJS once the widgets are static
+    html, _ = exporter.from_notebook_node(static_widgets(nb))
+    if mathjax is not None:  # the copy's only web font is STIX-Web: say so before MathJax looks for TeX's
+        fonts = ('<script type="text/x-mathjax-config">MathJax.Hub.Config({"HTML-CSS": {availableFonts: [], '
+                 'webFont: "STIX-Web", imageFont: null}});</script>\n')
+        tag = f'<script src="{mathjax}'
+        html = html.replace(tag, fonts + tag, 1)
+    return html
 
 
 def select(notebooks: list[Path], only: str) -> list[Path]:

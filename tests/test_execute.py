@@ -165,3 +165,26 @@ def test_make_execute_has_a_cell_timeout():
     out = subprocess.run(["make", "-n", "-s", "execute"], cwd=root, capture_output=True, text=True, check=True).stdout
     line = [line for line in out.splitlines() if "course_utils.execute" in line][-1]
     assert "--cell-timeout" in line
+
+
+def test_the_html_page_needs_no_network_and_shows_widget_figures(tmp_path):
+    # offline, a page loading MathJax and the widget manager from the internet shows raw $q$ and empty widgets;
+    # tests/test_browser.py opens such a page in Chromium with the network blocked
+    import re
+    pytest.importorskip("jupyter_server_mathjax")
+    widget = ("%matplotlib inline\nimport ipywidgets as widgets, matplotlib.pyplot as plt\n"
+              "from IPython.display import display\nout = widgets.Output()\nwith out:\n"
+              "    fig = plt.figure(figsize=(2, 2)); plt.plot([0, 1]); display(fig); plt.close(fig)\n"
+              "display(widgets.VBox([widgets.FloatSlider(), out]))")
+    src = tmp_path / "page.ipynb"
+    nb = _notebook(widget)
+    nb.cells.insert(0, nbformat.v4.new_markdown_cell("The prior $\\mathcal N(0, I)$."))
+    nbformat.write(nb, src)
+    _, error = execute_notebook(src, tmp_path / "out", quick=True, timeout=120)
+    assert error is None
+    html = (tmp_path / "out" / "page.html").read_text()
+    assert re.findall(r'<script[^>]+src="https?://', html) == []
+    assert (tmp_path / "out" / "mathjax" / "MathJax.js").exists()
+    assert "data:image/png" in html and "widget-view+json" not in html
+    executed = nbformat.read(tmp_path / "out" / "page.ipynb", as_version=4)  # the notebook keeps its widgets
+    assert "widgets" in executed.metadata
