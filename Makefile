@@ -26,8 +26,26 @@ $(STAMP): pyproject.toml
 # More options for the server: make lab LAB_ARGS="--port=8890 --no-browser".
 LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 LAB_ARGS ?=
+# Running a notebook saves its outputs into it. A git filter (nbstripout, set up for this clone only: no tracked
+# file changes) shows git each notebook without them, so `git status` stays clean and `git pull` works; the
+# file keeps its outputs for the learner. Cell ids stay: they are part of the committed notebooks; the details
+# JupyterLab adds to language_info go. After each save, course_utils.lab re-stages a notebook whose only changes
+# are outputs (git takes a file whose size changed for modified without reading it).
+# Kernels get CurveZMQ keys from the server (transport_encryption=auto): nothing to warn about at each start.
+NBSTRIPOUT := '"$(CURDIR)/$(BIN)/python" -m nbstripout --keep-id'
+NB_LAB_KEYS := $(addprefix metadata.language_info.,codemirror_mode file_extension mimetype nbconvert_exporter \
+               pygments_lexer version)
+LAB_QUIET  := --KernelManager.transport_encryption=auto
+LAB_CLEAN  := --FileContentsManager.post_save_hook=course_utils.lab.keep_git_clean
 lab: $(STAMP)
-	$(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_ROOT) $(LAB_ARGS)
+	@$(BIN)/python -c "import nbstripout" 2>/dev/null || $(BIN)/python -m pip install -q nbstripout
+	@if git rev-parse --git-dir >/dev/null 2>&1; then \
+	  git config filter.nbstripout.clean $(NBSTRIPOUT) && git config filter.nbstripout.smudge cat && \
+	  git config filter.nbstripout.required false && git config filter.nbstripout.extrakeys '$(NB_LAB_KEYS)' && \
+	  attributes="$$(git rev-parse --git-path info/attributes)" && \
+	  mkdir -p "$$(dirname "$$attributes")" && touch "$$attributes" && \
+	  (grep -qxF '*.ipynb filter=nbstripout' "$$attributes" || echo '*.ipynb filter=nbstripout' >> "$$attributes"); fi
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_ROOT) $(LAB_QUIET) $(LAB_CLEAN) $(LAB_ARGS)
 
 test: $(STAMP)
 	COURSE_QUICK=1 MPLBACKEND=Agg $(BIN)/python -m pytest -v --nbval-lax --durations=15 tests notebooks
@@ -40,8 +58,10 @@ unit: $(STAMP)
 notebooks: $(STAMP)
 	COURSE_QUICK=1 MPLBACKEND=Agg $(BIN)/python -m pytest -v --nbval-lax notebooks
 
+# A cell still running after CELL_TIMEOUT seconds fails its notebook, named in one line, and the run goes on.
+CELL_TIMEOUT ?= 1800
 execute: $(STAMP)
-	$(BIN)/python -m course_utils.execute --out build
+	$(BIN)/python -m course_utils.execute --out build --cell-timeout $(CELL_TIMEOUT)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py

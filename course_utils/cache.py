@@ -56,7 +56,8 @@ def atomic_save(obj, path: Path) -> bool:
     path = Path(path)
     partial = path.with_name(f"{path.name}.partial{os.getpid()}")
     try:
-        torch.save(obj, partial)
+        with open(partial, "wb") as f:  # opened here, so a folder that is missing or read-only is an OSError
+            torch.save(obj, f)          # (torch.save given a path raises a RuntimeError for it)
         os.replace(partial, path)
         return True
     except OSError as err:

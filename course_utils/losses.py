@@ -43,6 +43,17 @@ def _check_same_shape(a: torch.Tensor, b: torch.Tensor, a_name: str, b_name: str
         )
 
 
+def _per_example_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over every dimension but the first: ``[B, ...] -> [B]`` (an empty batch gives ``[0]``)."""
+    return t.sum(dim=tuple(range(1, t.dim()))) if t.dim() > 1 else t
+
+
+def _check_batch_first(t: torch.Tensor, name: str, layout: str) -> None:
+    if t.dim() == 0:
+        raise ValueError(f"{name} is a 0-dim tensor; it must be batch-first, {layout}. For one example, "
+                         f"add the batch dimension: `{name}.unsqueeze(0)`.")
+
+
 def kl_diag_normal(z_loc: torch.Tensor, z_logvar: torch.Tensor,
                    prior_loc: torch.Tensor | float = 0.0, prior_logvar: torch.Tensor | float = 0.0) -> torch.Tensor:
     """KL( N(z_loc, diag exp(z_logvar)) || N(prior_loc, diag exp(prior_logvar)) ), shape ``[B]``.
@@ -51,10 +62,16 @@ def kl_diag_normal(z_loc: torch.Tensor, z_logvar: torch.Tensor,
     KL = 1/2 * sum_j (exp(logvar_j) + loc_j^2 - 1 - logvar_j).
     z_loc, z_logvar: ``[B, D]`` (any trailing shape is summed over).
     """
-    _check_same_shape(z_loc, z_logvar, "z_loc", "z_logvar")
+    _check_batch_first(z_loc, "z_loc", "[B, D] (one row of latent means per example)")
+    if z_loc.shape != z_logvar.shape:
+        raise ValueError(
+            f"z_loc has shape {tuple(z_loc.shape)} but z_logvar has shape {tuple(z_logvar.shape)}; they must match "
+            "(one log-variance per latent dimension, batch first: [B, D] each). An encoder that outputs [B, 2D] "
+            "splits into the two with `z_loc, z_logvar = h.chunk(2, dim=1)`."
+        )
     kl = 0.5 * (torch.exp(z_logvar - prior_logvar) + (z_loc - prior_loc) ** 2 * _exp(-prior_logvar)
                 - 1.0 - z_logvar + prior_logvar)
-    return _sum_except_batch(kl)
+    return _per_example_sum(kl)
 
 
 def bernoulli_nll(x_logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -92,16 +109,37 @@ def neg_elbo(model, x: torch.Tensor, *context: torch.Tensor, beta: float = 1.0,
             "z_loc": z_loc, "z_logvar": z_logvar}
 
 
+def _check_logvar(logvar: torch.Tensor | float, x: torch.Tensor) -> None:
+    """A float, a 0-dim tensor, or a tensor with x's number of dimensions whose every size is 1 or x's
+    (so that it broadcasts from the batch dimension on): else a ValueError that shows the allowed shapes.
+    A ``[B]`` logvar would otherwise broadcast along the image's last axis, silently wrong."""
+    if not isinstance(logvar, torch.Tensor) or logvar.dim() == 0:
+        return
+    if logvar.dim() == x.dim() and all(a in (1, b) for a, b in zip(logvar.shape, x.shape)):
+        return
+    B, *rest = x.shape
+    ones = ", ".join(["1"] * len(rest))
+    raise ValueError(
+        f"logvar has shape {tuple(logvar.shape)}, which does not line up with x {tuple(x.shape)} from the batch "
+        f"dimension on. Pass a float, a 0-dim tensor, or a tensor with x's {x.dim()} dimensions, each of size 1 "
+        f"or x's: one per image [{B}, {ones}] (e.g. `logvar.view(-1, {ones})`), one per pixel shared over the "
+        f"batch [1, {', '.join(map(str, rest))}], or one per pixel and image {list(x.shape)}."
+    )
+
+
 def gaussian_nll(x_loc: torch.Tensor, x: torch.Tensor, logvar: torch.Tensor | float) -> torch.Tensor:
     """-log N(x | x_loc, exp(logvar)) summed over pixels, with its constant, shape ``[B]``.
 
-    logvar is a float (one fixed variance sigma0^2 = exp(logvar)) or a tensor that
-    broadcasts against x (one per image, per pixel, or a learned scalar).
+    logvar is a float (one fixed variance sigma0^2 = exp(logvar)), a 0-dim tensor (e.g. a learned scalar),
+    or a tensor with x's number of dimensions that broadcasts from the batch dimension: ``[B, 1, 1, 1]``
+    (one per image), ``[1, C, H, W]`` (one per pixel) or x's shape. Anything else is a ValueError.
     Per pixel: 1/2 * (log 2 pi + logvar + (x - x_loc)^2 / exp(logvar)).
     """
+    _check_batch_first(x, "x", "[B, ...] (one row per image)")
     _check_same_shape(x_loc, x, "x_loc", "x")
-    nll = 0.5 * (LOG_2PI + logvar + (x - x_loc) ** 2 * _exp(-logvar))
-    return _sum_except_batch(nll.expand_as(x))
+    _check_logvar(logvar, x)
+    nll = 0.5 * (LOG_2PI + logvar + (x - x_loc) ** 2 * _exp(-logvar))  # x's shape
+    return _per_example_sum(nll)
 
 
 def log_normal_diag(z: torch.Tensor, loc: torch.Tensor | float, logvar: torch.Tensor | float) -> torch.Tensor:

@@ -37,30 +37,42 @@ def get_device(prefer: str | None = None, *, default: str | None = None) -> torc
     prefer="cuda" (or "mps") raises a RuntimeError that says what to do when that
     device is not there, instead of silently falling back to the CPU.
     """
-    if prefer is None:
-        prefer = os.environ.get("COURSE_DEVICE") or default
+    asked = f"get_device(prefer={prefer!r})"
+    if prefer is None and os.environ.get("COURSE_DEVICE", "").strip():
+        prefer = os.environ["COURSE_DEVICE"]
+        asked = f"COURSE_DEVICE={prefer!r}"
+    elif prefer is None:
+        prefer = default
+        asked = f"get_device(default={prefer!r})"
     if prefer is None:
         if torch.cuda.is_available():
             return torch.device("cuda")
         if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    kind = str(prefer).split(":")[0].lower()
-    if kind not in _VALID_PREFER:
-        raise ValueError(f"get_device(prefer={prefer!r}): use one of {_VALID_PREFER} or None for automatic choice.")
+    on_cpu = ("unset COURSE_DEVICE (or set COURSE_DEVICE=cpu)" if asked.startswith("COURSE_DEVICE")
+              else "call get_device() without prefer")
+    name = str(prefer).strip().lower()  # COURSE_DEVICE=CPU means the CPU
+    kind, _, index = name.partition(":")
+    if kind not in _VALID_PREFER or (index and not index.isdigit()):
+        raise ValueError(f"{asked} is not a device: use one of {_VALID_PREFER} (a GPU may carry an index, "
+                         "e.g. cuda:1), or leave it unset for the automatic choice.")
     if kind == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(
-            "A CUDA GPU was asked for (prefer='cuda'), but torch sees none "
+            f"A CUDA GPU was asked for ({asked}), but torch sees none "
             f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}). "
             "Check `nvidia-smi`, install a CUDA build of torch (see README, 'Getting a CPU-only or CUDA build'), "
-            "or call get_device() without prefer to run on the CPU."
+            f"or {on_cpu} to run on the CPU."
         )
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise RuntimeError(f"{asked}: torch sees {torch.cuda.device_count()} CUDA GPU(s), numbered from 0. "
+                           "Name one of them, or use plain 'cuda'.")
     if kind == "mps" and not _mps_available():
         raise RuntimeError(
-            "An Apple GPU was asked for (prefer='mps'), but torch.backends.mps is not available. "
-            "Use macOS 12.3+ on Apple silicon with a recent torch, or call get_device() without prefer."
+            f"An Apple GPU was asked for ({asked}), but torch.backends.mps is not available. "
+            f"Use macOS 12.3+ on Apple silicon with a recent torch, or {on_cpu}."
         )
-    return torch.device(prefer)
+    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -75,9 +87,21 @@ def seed_everything(seed: int) -> None:
     pyro.set_rng_seed(seed)
 
 
+_QUICK_VALUES = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
+                 "off": False, "": False}
+
+
 def is_quick() -> bool:
-    """True when the course runs in quick mode (COURSE_QUICK=1, as set by the tests)."""
-    return os.environ.get("COURSE_QUICK", "0").strip().lower() in ("1", "true", "yes", "on")
+    """True when the course runs in quick mode (COURSE_QUICK=1, as set by the tests); unset or 0: full mode.
+
+    Any other value (COURSE_QUICK=2, =quick...) is an error that says which values mean what: a typo must not
+    silently run the full mode."""
+    value = os.environ.get("COURSE_QUICK", "")
+    try:
+        return _QUICK_VALUES[value.strip().lower()]
+    except KeyError:
+        raise ValueError(f"COURSE_QUICK={value!r} is not a mode: set COURSE_QUICK=1 for quick mode, or 0 (or leave "
+                         "it unset) for full mode.") from None
 
 
 def scaled(full: T, quick: T) -> T:

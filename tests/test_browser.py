@@ -175,7 +175,7 @@ def wait_until_stable(page, selector: str, timeout: float, quiet: float = 1.0) -
     raise TimeoutError(f"the explorer's image kept changing for {timeout} s")
 
 
-def test_slider_redraws_the_decoded_image(jupyter_lab):
+def test_slider_redraws_the_decoded_image(jupyter_lab, tmp_path):
     base, token, work = jupyter_lab
     write_notebook(work / "explorer.ipynb")
     ARTIFACTS.mkdir(exist_ok=True)
@@ -230,3 +230,71 @@ def test_slider_redraws_the_decoded_image(jupyter_lab):
     change = np.abs(after - before).mean()  # mean gray-level change, 0..255
     (ARTIFACTS / "browser-result.json").write_text(json.dumps({"slider": moved_to, "mean_gray_change": change}))
     assert change > 1.0, f"the decoded image barely changed after moving z[0] to {moved_to}: {change:.3f} gray levels"
+    # `make lab` is quiet: its kernels get CurveZMQ keys, so none warns that it runs over TCP without encryption
+    assert "without encryption" not in (tmp_path / "jupyter.log").read_text(errors="replace")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The handouts: `make execute`'s HTML pages, opened offline
+# ------------------------------------------------------------------------------------------------------------
+HANDOUT_MARKDOWN = r"""The ELBO of $q$ against the prior $\mathcal N(0, I)$:
+
+$$\log p(x) = \mathrm{ELBO}(q) + \mathrm{KL}(q \,\|\, p(z \mid x))$$"""
+
+HANDOUT_WIDGET = """\
+%matplotlib inline
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+from IPython.display import display
+
+slider, drawn = widgets.FloatSlider(value=1.0, description="c"), widgets.Output()
+with drawn:
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.plot([0, 1], [0, slider.value])
+    display(fig)
+    plt.close(fig)
+display(widgets.VBox([slider, drawn]))
+"""
+
+
+def test_an_executed_page_shows_its_maths_and_widget_figures_offline(tmp_path):
+    import nbformat
+
+    from course_utils.execute import execute_notebook
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell(HANDOUT_MARKDOWN), nbformat.v4.new_code_cell(HANDOUT_WIDGET)]
+    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    src = tmp_path / "handout.ipynb"
+    nbformat.write(nb, src)
+    _, error = execute_notebook(src, tmp_path / "build", quick=True, timeout=120)
+    assert error is None
+    page_path = tmp_path / "build" / "handout.html"
+    blocked = []
+
+    def offline(route):
+        url = route.request.url
+        if url.startswith(("file:", "data:")):
+            route.continue_()
+        else:
+            blocked.append(url)
+            route.abort()
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=30_000)
+        try:
+            page = browser.new_page()
+            page.route("**/*", offline)
+            page.goto(page_path.as_uri(), timeout=PAGE_LOAD_S * 1000)
+            page.wait_for_selector(".MathJax, .MathJax_CHTML, mjx-container", timeout=PAGE_LOAD_S * 1000)
+            page.wait_for_function("() => !window.MathJax || !MathJax.Hub || MathJax.Hub.queue.pending === 0",
+                                   timeout=PAGE_LOAD_S * 1000)
+            text = page.inner_text("body")
+            rendered = page.locator(".MathJax, .MathJax_CHTML, mjx-container").count()
+            figures = page.locator(".jp-OutputArea-output img").count()
+        finally:
+            browser.close()
+    assert blocked == [], f"the page asked the network for {blocked}"
+    assert rendered >= 3, f"{rendered} formulas typeset"
+    assert "$q$" not in text and r"\mathcal" not in text, "raw TeX left on the page"
+    assert figures >= 1, "the widget's figure is missing from the page"
+    assert "VBox(children" not in text, "the widget shown as its text stand-in"

@@ -80,3 +80,33 @@ def test_sized_picks_by_mode_and_device_class(monkeypatch):
     monkeypatch.setenv("COURSE_QUICK", "0")
     assert runtime.sized(gpu=3, cpu=2, quick=1, device="cuda") == 3
     assert runtime.sized(gpu=3, cpu=2, quick=1, device="cpu") == 2
+
+
+def test_course_device_is_read_case_blind_and_named_in_its_errors(monkeypatch):
+    monkeypatch.setenv("COURSE_DEVICE", "CPU")
+    assert runtime.get_device() == torch.device("cpu")
+    torch.zeros(1, device=runtime.get_device())
+    monkeypatch.setenv("COURSE_DEVICE", " Cpu ")
+    assert runtime.get_device() == torch.device("cpu")
+    monkeypatch.setenv("COURSE_DEVICE", "gpu")
+    with pytest.raises(ValueError, match=r"COURSE_DEVICE='gpu' is not a device: use one of"):
+        runtime.get_device()
+    monkeypatch.setenv("COURSE_DEVICE", "cuda:x")
+    with pytest.raises(ValueError, match="COURSE_DEVICE='cuda:x'"):
+        runtime.get_device()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("COURSE_DEVICE", "CUDA")
+    with pytest.raises(RuntimeError, match=r"COURSE_DEVICE='CUDA'.*COURSE_DEVICE=cpu"):
+        runtime.get_device()
+
+
+def test_an_unknown_quick_mode_is_an_error_naming_the_allowed_values(monkeypatch):
+    for value in ("1", "true", "ON", " yes "):
+        monkeypatch.setenv("COURSE_QUICK", value)
+        assert runtime.is_quick(), value
+    for value in ("0", "", "false", "off"):
+        monkeypatch.setenv("COURSE_QUICK", value)
+        assert not runtime.is_quick(), value
+    monkeypatch.setenv("COURSE_QUICK", "2")
+    with pytest.raises(ValueError, match=r"COURSE_QUICK='2' is not a mode: set COURSE_QUICK=1 for quick mode, or 0"):
+        runtime.scaled(full=60, quick=1)
