@@ -38,7 +38,6 @@ NB_LAB_KEYS := $(addprefix metadata.language_info.,codemirror_mode file_extensio
 LAB_QUIET  := --KernelManager.transport_encryption=auto
 LAB_CLEAN  := --FileContentsManager.post_save_hook=course_utils.lab.keep_git_clean
 lab: $(STAMP)
-	@$(BIN)/python -c "import nbstripout" 2>/dev/null || $(BIN)/python -m pip install -q nbstripout
 	@if git rev-parse --git-dir >/dev/null 2>&1; then \
 	  git config filter.nbstripout.clean $(NBSTRIPOUT) && git config filter.nbstripout.smudge cat && \
 	  git config filter.nbstripout.required false && git config filter.nbstripout.extrakeys '$(NB_LAB_KEYS)' && \
@@ -51,7 +50,7 @@ test: $(STAMP)
 	COURSE_QUICK=1 MPLBACKEND=Agg $(BIN)/python -m pytest -v --nbval-lax --durations=15 tests notebooks
 
 # Tests that start a browser or Jupyter kernels: make test runs them, make unit leaves them out.
-INTEGRATION := tests/test_browser.py tests/test_execute.py
+INTEGRATION := tests/test_browser.py tests/test_execute.py tests/test_clean_checkout.py
 unit: $(STAMP)
 	COURSE_QUICK=1 MPLBACKEND=Agg $(BIN)/python -m pytest -v tests $(addprefix --ignore=,$(INTEGRATION))
 

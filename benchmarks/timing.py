@@ -9,7 +9,7 @@ from typing import Callable, Iterator, TypeVar
 
 import torch
 
-from course_utils.runtime import _device_label
+from course_utils.runtime import device_label
 
 T = TypeVar("T")
 
@@ -45,4 +45,4 @@ def time_steps(step: Callable[[T], object], source: Iterator[T], device: torch.d
 def device_name(device: torch.device | str) -> str:
     """What a timing ran on, for tables: the GPU's model, or the CPU's architecture, cores and torch threads
     (the label ``course_utils.runtime.describe`` prints, one definition for both)."""
-    return _device_label(device)
+    return device_label(device)

@@ -21,7 +21,7 @@ from pathlib import Path
 from queue import Empty
 
 from .cache import PROJECT_ROOT
-from .runtime import device_name, get_device, is_quick
+from .runtime import device_label, get_device, is_quick
 
 NOTEBOOK_GLOB = "[0-9][0-9]*.ipynb"  # 00_setup ... 03_gaussian_vae, 03b_gaussian_appendix, ... 07_speedrun
 DEFAULT_CELL_TIMEOUT_S = 1800  # the longest full-mode cell on a loaded 2-core CPU takes minutes, not half an hour
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = "quick" if quick else "full"
     why = " (COURSE_QUICK is set)" if quick and not args.quick else ""
     device = get_device()
-    on = f"{device.type} ({device_name(device)})"
+    on = f"{device.type} ({device_label(device)})"
     print(f"Executing {len(notebooks)} notebooks in {mode} mode{why} on {on}", flush=True)
     rows, failed = [], 0
     for nb in notebooks:

@@ -137,7 +137,7 @@ def as_float64(t: torch.Tensor) -> torch.Tensor:
     return (t if has_float64(t.device) else t.cpu()).double()
 
 
-def _device_label(device: torch.device | str) -> str:
+def device_label(device: torch.device | str) -> str:
     """The GPU's model, or the CPU's architecture, cores and torch threads (``describe`` prints it)."""
     device = torch.device(device)
     if device.type == "cuda":
@@ -151,4 +151,4 @@ def describe(device: torch.device | None = None) -> str:
     """One line naming the mode, the device and the torch version, for Setup cells."""
     device = device or get_device()
     mode = "quick" if is_quick() else "full"
-    return f"mode={mode} device={device} ({_device_label(device)}) torch={torch.__version__}"
+    return f"mode={mode} device={device} ({device_label(device)}) torch={torch.__version__}"

@@ -63,25 +63,6 @@ def test_a_stuck_cell_fails_its_notebook_after_the_cell_timeout_in_one_line(tmp_
     assert "Traceback" not in captured.out + captured.err and "ZMQError" not in captured.out + captured.err
 
 
-def test_run_cells_times_each_cell_and_reports_a_stall(tmp_path):
-    # benchmarks/run_cells.py: a notebook's cells as a plain script (no Jupyter), each cell timed; a stuck cell
-    # prints where it is stuck and stops the run
-    import subprocess
-    from pathlib import Path
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "run_cells.py"
-    src = tmp_path / "nb.ipynb"
-    nbformat.write(_notebook("x = 20", "print(x + 22)"), src)
-    done = subprocess.run([sys.executable, str(script), str(src)], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert "42" in done.stdout and "[cell  0]" in done.stdout and "[cell  1]" in done.stdout
-    assert "nb.ipynb: 2 cells" in done.stdout
-    nbformat.write(_notebook("import time", "def wait():\n    time.sleep(30)\nwait()"), src)
-    stuck = subprocess.run([sys.executable, str(script), str(src), "--stall-s", "1"], capture_output=True,
-                           text=True, timeout=60)
-    assert stuck.returncode != 0 and "[cell  0]" in stuck.stdout and "[cell  1]" not in stuck.stdout
-    assert "in wait" in stuck.stderr, stuck.stderr  # the stuck function is named
-
-
 def test_a_reply_whose_wakeup_was_lost_is_still_read():
     # nbclient waits for a cell's reply with one endless poll of the shell socket; when an Output widget's
     # update is sent on that socket meanwhile, the poll can miss the reply's arrival and never wake

@@ -92,7 +92,7 @@ def test_make_help_lists_every_target():
 def test_make_unit_runs_the_unit_tests_only_and_make_test_runs_everything():
     unit = _make("unit")
     assert "pytest" in unit and " tests" in unit and "notebooks" not in unit
-    for integration in ("tests/test_browser.py", "tests/test_execute.py"):  # a browser; Jupyter kernels
+    for integration in ("tests/test_browser.py", "tests/test_execute.py", "tests/test_clean_checkout.py"):
         assert f"--ignore={integration}" in unit
     test = _make("test")
     assert " tests notebooks" in test and "--ignore" not in test

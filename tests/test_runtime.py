@@ -48,22 +48,6 @@ def test_quick_mode_and_scaled(monkeypatch):
     assert not runtime.is_quick()
 
 
-def test_time_steps_draws_warmup_then_timed_items():
-    calls = []
-    seconds = runtime.time_steps(calls.append, iter(range(10)), "cpu", steps=3, warmup=2)
-    assert calls == [0, 1, 2, 3, 4] and seconds >= 0.0
-    with pytest.raises(ValueError, match="steps >= 1"):
-        runtime.time_steps(calls.append, iter(range(10)), "cpu", steps=0)
-    with pytest.raises(StopIteration):  # a source that runs dry is not silently timed short
-        runtime.time_steps(calls.append, iter(range(2)), "cpu", steps=3)
-
-
-def test_device_name_says_what_a_cpu_timing_ran_on():
-    name = runtime.device_name("cpu")
-    assert name.startswith("CPU (") and f"{torch.get_num_threads()} torch threads" in name
-    assert name in runtime.describe(torch.device("cpu"))
-
-
 def test_a_default_device_replaces_the_automatic_choice_but_not_course_device(monkeypatch):
     # notebook 01 runs on the CPU even beside a GPU, unless COURSE_DEVICE names a device
     monkeypatch.delenv("COURSE_DEVICE", raising=False)
@@ -110,3 +94,9 @@ def test_an_unknown_quick_mode_is_an_error_naming_the_allowed_values(monkeypatch
     monkeypatch.setenv("COURSE_QUICK", "2")
     with pytest.raises(ValueError, match=r"COURSE_QUICK='2' is not a mode: set COURSE_QUICK=1 for quick mode, or 0"):
         runtime.scaled(full=60, quick=1)
+
+
+def test_device_label_names_the_cpu_and_describe_prints_it():
+    label = runtime.device_label("cpu")
+    assert label.startswith("CPU (") and f"{torch.get_num_threads()} torch threads" in label
+    assert label in runtime.describe(torch.device("cpu"))
