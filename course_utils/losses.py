@@ -22,7 +22,7 @@ from .data import _check_unit_interval
 LOG_2PI = math.log(2 * math.pi)
 
 def _sum_except_batch(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(t.shape[0], -1).sum(dim=1)  # [B, ...] -> [B]
+    return t.flatten(1).sum(dim=1)  # [B, ...] -> [B] (an empty batch gives [0])
 
 
 def _exp(v: torch.Tensor | float) -> torch.Tensor | float:

@@ -46,7 +46,7 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, title: str | None 
     if title:
         fig.suptitle(title)
     # keep a band of fixed height for the title, however many rows the grid has
-    fig.tight_layout(pad=0.2, rect=(0, 0, 1, 1 - title_inches / fig.get_figheight()))
+    fig.tight_layout(pad=0.2, h_pad=0.6, rect=(0, 0, 1, 1 - title_inches / fig.get_figheight()))  # rows apart
     return fig
 
 

@@ -88,7 +88,7 @@ def train_within_budget(model: nn.Module, loss_fn: Callable[[nn.Module, torch.Te
     path = train.checkpoint_path(cache, model, key) if cache else None
     if path is not None and path.exists():
         history = train.load_checkpoint(path, model)
-        print(f"Loaded cached run '{cache}': {history['epoch'][-1]:.1f} epochs in {history['train_seconds']:.1f} s.")
+        print(f"Loaded '{cache}' from the cache: {history['epoch'][-1]:.1f} epochs in {history['train_seconds']:.1f} s.")
         return history
     torch.manual_seed(cfg.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.0, fused=x_train.device.type == "cuda", capturable=graphed)
