@@ -129,8 +129,8 @@ def data_fingerprint(t: torch.Tensor, samples: int = 1 << 16) -> str:
     run for the same data (two different data sets of one shape almost surely differ in it)."""
     flat = t.detach().reshape(-1)
     step = max(1, flat.numel() // samples)
-    sample = flat[::step][:samples].cpu()
-    sample = sample.double() if sample.is_floating_point() else sample.long()
+    sample = flat[::step][:samples]
+    sample = sample.cpu().double() if sample.is_floating_point() else sample.cpu().long()  # float64 on the CPU
     digest = hashlib.sha256(sample.numpy().tobytes()).hexdigest()[:16]
     return f"{list(t.shape)}:{t.dtype}:{digest}"
 
