@@ -9,6 +9,7 @@ so instead of reporting an error.
 """
 from __future__ import annotations
 
+import textwrap
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -17,10 +18,12 @@ __all__ = ["check_value", "check_function"]
 
 
 def _say(name: str, ok: bool, detail: str = "", hint: str = "") -> bool:
+    """Print the verdict in lines of at most 100 characters; return it."""
     if ok:
-        print(f"[right]   {name}" + (f": {detail}" if detail else ""))
+        line = f"[right]   {name}" + (f": {detail}" if detail else "")
     else:
-        print(f"[not yet] {name}: {detail}" + (f"\n          hint: {hint}" if hint else ""))
+        line = f"[not yet] {name}: {detail}" + (f"\n          hint: {hint}" if hint else "")
+    print("\n".join(textwrap.fill(part, 100, subsequent_indent=" " * 10) for part in line.split("\n")))
     return ok
 
 

@@ -362,8 +362,8 @@ def fit(model: nn.Module, loss_fn: LossFn, train_data, *, epochs: int, batch_siz
     loaded = load_cached_run(path, model) if path is not None else None
     if loaded is not None:
         history = loaded
-        print(f"Loaded '{cache}' from the cache ({len(history.get('epoch', []))} epochs, trained in "
-              f"{sum(history.get('seconds', [0])):.0f} s); `make clean-cache` retrains.")
+        print(f"Loaded '{cache}' from the cache: {len(history.get('epoch', []))} epochs, trained in "
+              f"{sum(history.get('seconds', [0])):.0f} s.")
         history["loaded_from_cache"] = True
         if on_epoch_end is not None:  # no epoch runs: show the loaded run once (e.g. a live dashboard draws it)
             on_epoch_end(history)
