@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import pyro
@@ -128,8 +129,14 @@ def test_the_step_is_the_courses_neg_elbo_and_a_graph_is_refused_off_cuda(device
 
 def test_time_steps_runs_warmup_untimed_then_the_timed_steps():
     calls = []
-    seconds = timing.time_steps(calls.append, iter(range(10)), "cpu", steps=3, warmup=2)
-    assert calls == [0, 1, 2, 3, 4] and seconds < 1.0
+
+    def step(item):  # the warm-up items take 1 s each, the timed ones 0.05 s
+        calls.append(item)
+        time.sleep(1.0 if item < 2 else 0.05)
+
+    seconds = timing.time_steps(step, iter(range(10)), "cpu", steps=3, warmup=2)
+    assert calls == [0, 1, 2, 3, 4]
+    assert 0.15 <= seconds < 2.0  # the three timed steps at least; the warm-up's 2 s not counted
     with pytest.raises(ValueError, match="steps >= 1"):
         timing.time_steps(calls.append, iter(range(10)), "cpu", steps=0)
     with pytest.raises(StopIteration):  # a source shorter than warmup + steps is not silently timed short

@@ -55,10 +55,10 @@ def test_a_failing_notebook_reports_its_error(tmp_path, capsys):
 
 def test_a_stuck_cell_fails_its_notebook_after_the_cell_timeout_in_one_line(tmp_path, capfd):
     src = tmp_path / "slow.ipynb"
-    nbformat.write(_notebook("x = 1", "\nimport time; time.sleep(30)\nx = 2"), src)
+    nbformat.write(_notebook("x = 1", "\nimport time; time.sleep(600)\nx = 2"), src)
     seconds, error = execute_notebook(src, tmp_path / "out", quick=True, timeout=2)
-    assert error == "cell 1 (`import time; time.sleep(30)`) ran longer than 2 s (--cell-timeout): stuck or too slow"
-    assert seconds < 25
+    assert error == "cell 1 (`import time; time.sleep(600)`) ran longer than 2 s (--cell-timeout): stuck or too slow"
+    assert seconds < 300  # interrupted, not waited out: holds on however loaded a machine
     captured = capfd.readouterr()
     assert "Traceback" not in captured.out + captured.err and "ZMQError" not in captured.out + captured.err
 
