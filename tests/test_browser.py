@@ -3,7 +3,8 @@
 Starts JupyterLab on a free port of 127.0.0.1 with a random token, opens a generated one-cell notebook
 in headless Chromium (Debian's ``chromium``, driven by Playwright), runs the cell, moves the first
 slider with the keyboard and asserts that the decoded image changed. Screenshots of the output area
-before and after go to ``test-artifacts/`` (git-ignored), with the server's log. Skips when Chromium or Playwright is missing;
+before and after go to ``$COURSE_TEST_ARTIFACTS`` (default: a folder in the system's temporary
+directory, never the working tree), with the server's log. Skips when Chromium or Playwright is missing;
 ``.ci/run`` installs Chromium so CI runs it. Never calls ``playwright install`` (it downloads, and
 CI is offline).
 """
@@ -18,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -25,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from course_utils.data import PROJECT_ROOT
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed "
                                "(pip install -e '.[dev]')")
@@ -33,7 +34,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Pyt
 CHROMIUM = Path(os.environ.get("COURSE_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
-ARTIFACTS = PROJECT_ROOT / "test-artifacts"
+ARTIFACTS = Path(os.environ.get("COURSE_TEST_ARTIFACTS", Path(tempfile.gettempdir()) / "vae-course-test-artifacts"))
 JUPYTER = Path(sys.executable).with_name("jupyter")
 
 SERVER_START_S = 60      # JupyterLab answering /api/status
@@ -148,7 +149,7 @@ def jupyter_lab(tmp_path, lab_args):
         yield base, token, work
     finally:
         stop(proc)
-        ARTIFACTS.mkdir(exist_ok=True)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
         (ARTIFACTS / "browser-jupyter.log").write_text(log.read_text(errors="replace"))
 
 
@@ -178,7 +179,7 @@ def wait_until_stable(page, selector: str, timeout: float, quiet: float = 1.0) -
 def test_slider_redraws_the_decoded_image(jupyter_lab, tmp_path):
     base, token, work = jupyter_lab
     write_notebook(work / "explorer.ipynb")
-    ARTIFACTS.mkdir(exist_ok=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for old in ARTIFACTS.glob("browser-*"):  # no stale screenshot from an earlier run
         old.unlink()
     image_selector = ".jp-OutputArea-output .widget-output img"
