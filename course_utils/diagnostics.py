@@ -237,9 +237,8 @@ def draw_dashboard(history: dict, fig: "plt.Figure | None" = None, title: str | 
         history_panel(ax, history, name, title=_PANEL_TITLES.get(name, name))
         if name in _REFERENCE_LINE:  # what the prior asks for
             ax.axhline(_REFERENCE_LINE[name], color="gray", lw=0.8, ls=":")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    return _finish(fig, title)
+    first = next((ax for ax in fig.axes if ax.get_legend_handles_labels()[0]), None)
+    return _finish(fig, title, legend_from=first)
 
 
 class LiveDashboard:

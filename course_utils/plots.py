@@ -71,15 +71,22 @@ def training_curves(history: dict, metrics: Sequence[str] = ("loss",), title: st
         history_panel(ax, history, metric)
         if logy:
             ax.set_yscale("log")
-        ax.legend()
-    return _finish(fig, title)
+    return _finish(fig, title, legend_from=axes[0, 0])
 
 
-def _finish(fig: plt.Figure, title: str | None = None) -> plt.Figure:
-    """The figure with its title (if any) and its panels laid out; what every multi-panel helper returns."""
+def _finish(fig: plt.Figure, title: str | None = None, legend_from: plt.Axes | None = None) -> plt.Figure:
+    """The figure with its title (if any) and its panels laid out; what every multi-panel helper returns.
+
+    ``legend_from``: one legend for the whole figure, with that panel's entries, in a band below the panels
+    (outside the data)."""
+    band = 0.0
+    handles, labels = legend_from.get_legend_handles_labels() if legend_from is not None else ([], [])
+    if handles:
+        band = min(0.3, 0.4 / fig.get_figheight())  # 0.4 inch for the legend
+        fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, band, 1, 1))
     return fig
 
 
