@@ -5,13 +5,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: lab test unit notebooks execute bench clean-cache clean help
+.PHONY: lab test unit notebooks execute pretrain bench clean-cache clean help
 help:
 	@echo "make lab          install (first time) and start JupyterLab on notebooks/"
 	@echo "make test         install (first time), run every test and every notebook in quick mode"
 	@echo "make unit         the unit tests only: no notebook, no Jupyter kernel, no browser"
 	@echo "make notebooks    every notebook in quick mode, as make test runs them"
 	@echo "make execute      run every notebook in full mode headless; executed copies + HTML in build/"
+	@echo "make pretrain     train the shipped weights (data/weights/) on this machine; NB=02 for one notebook"
 	@echo "make bench        throughput benchmark (course batches vs DataLoader) and Pyro step ratio"
 	@echo "make clean-cache  delete data/cache/ (generated data sets and checkpoints)"
 	@echo "make clean        delete build/, data/cache/ and .venv/ (the next make installs again)"
@@ -61,6 +62,12 @@ notebooks: $(STAMP)
 CELL_TIMEOUT ?= 1800
 execute: $(STAMP)
 	$(BIN)/python -m course_utils.execute --out build --cell-timeout $(CELL_TIMEOUT)
+
+# The shipped weights: each notebook that trains runs in full mode, and every fit(cache=name) in it is written to
+# data/weights/<name>.pt (float16 where the held-out loss does not change), then SHA256SUMS is rewritten.
+NB ?=
+pretrain: $(STAMP)
+	$(BIN)/python -m course_utils.pretrained --train $(NB)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py

@@ -1,6 +1,7 @@
 """Where the course keeps what it generates, and how it writes and reads it safely.
 
 Paths live here and nowhere else: ``PROJECT_ROOT``, ``DATA_DIR`` (``COURSE_DATA_DIR`` overrides it) and
+``weights_dir()`` (the shipped weights, ``data/weights/``) and
 ``cache_dir()``, which is ``data/cache/`` unless ``COURSE_CACHE_DIR`` names another folder (the tests use a
 temporary one). This module imports nothing else from the course, so every other module may import it.
 
@@ -36,6 +37,12 @@ def cache_root() -> Path:
     """The cache folder: ``$COURSE_CACHE_DIR`` if set, else ``<DATA_DIR>/cache`` (git-ignored)."""
     env = os.environ.get("COURSE_CACHE_DIR")
     return Path(env) if env else DATA_DIR / "cache"
+
+
+def weights_dir() -> Path:
+    """The shipped weights: ``<DATA_DIR>/weights`` (tracked by git), or ``$COURSE_WEIGHTS_DIR`` if set."""
+    env = os.environ.get("COURSE_WEIGHTS_DIR")
+    return Path(env) if env else DATA_DIR / "weights"
 
 
 def cache_dir(*parts: str) -> Path:

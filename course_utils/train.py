@@ -28,9 +28,11 @@ from typing import Callable
 import torch
 from torch import nn
 
+from . import pretrained
 from .cache import CacheWarning, atomic_save, cache_dir, load_cached
 from .data import batches
 from .diagnostics import LatentStats
+from .runtime import is_quick
 
 LossFn = Callable[..., dict]
 
@@ -135,12 +137,16 @@ def data_fingerprint(t: torch.Tensor, samples: int = 1 << 16) -> str:
     return f"{list(t.shape)}:{t.dtype}:{digest}"
 
 
-def _config_key(model: nn.Module, config: dict) -> str:
+def model_signature(model: nn.Module) -> dict:
+    """The model's class, the shapes of its weights and the source of its own classes (not torch's)."""
     shapes = {name: list(p.shape) for name, p in model.state_dict().items()}
     classes = sorted({type(m) for m in model.modules() if not type(m).__module__.startswith("torch.")},
                      key=lambda c: f"{c.__module__}.{c.__qualname__}")
-    blob = json.dumps({"model": type(model).__name__, "shapes": shapes, "config": _stable(config),
-                       "model_source": [source_of(c) for c in classes]}, sort_keys=True)
+    return {"model": type(model).__name__, "shapes": shapes, "model_source": [source_of(c) for c in classes]}
+
+
+def _config_key(model: nn.Module, config: dict) -> str:
+    blob = json.dumps({**model_signature(model), "config": _stable(config)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -338,7 +344,79 @@ def fit(model: nn.Module, loss_fn: LossFn, train_data, *, epochs: int, batch_siz
     of the data, this call's settings and ``config``. Functions that ``loss_fn`` calls do not enter the
     key: after editing one, pass something in ``config`` (or delete the cache). A damaged cached file is
     reported and overwritten; a cache that cannot be written is reported once, and the history is returned.
+
+    Shipped weights (``course_utils.pretrained``): where ``data/weights/<cache>.pt`` exists, it is verified and
+    loaded instead of training, and one line says what was trained, for how long, on what. In quick mode the
+    model is first trained here at the size of this call, to show that this training path learns (recorded
+    for ``check_trainings_learned``). ``COURSE_RETRAIN=1`` trains instead; ``make pretrain`` writes the files.
     """
+    args = dict(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, lr_schedule=lr_schedule,
+                test_data=test_data, cache=cache, config=config, on_epoch_start=on_epoch_start,
+                on_epoch_end=on_epoch_end, check_every=check_every, record_steps=record_steps, progress=progress,
+                seed=seed)
+    shipped = pretrained.find(cache) if cache else None
+    if shipped is None:
+        history = _fit(model, loss_fn, train_data, **args)
+        if cache and pretrained.export_folder() is not None and history["stopped"] == "completed":
+            pretrained.export(cache, model, loss_fn, history, n_train=_as_tuple(train_data)[0].shape[0],
+                              probe=_probe(train_data, test_data))
+        return history
+    quick = _quick_check(model, loss_fn, train_data, args) if is_quick() and epochs > 0 else None
+    blob = pretrained.load(shipped, cache, model, loss_fn)
+    history = dict(blob["history"], loaded_from_cache=True, pretrained=blob["trained"], quick_check=quick)
+    print(pretrained.describe(cache, blob["trained"]))
+    if on_epoch_end is not None:  # no epoch runs: show the loaded run once (e.g. a live dashboard draws it)
+        on_epoch_end(history)
+    return history
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Quick mode with shipped weights: every training path still trains here, briefly, and must learn
+# ----------------------------------------------------------------------------------------------------------
+QUICK_CHECKS: list[dict] = []
+
+
+def _probe(train_data, test_data, n: int = 1000) -> tuple[torch.Tensor, ...]:
+    """Up to ``n`` held-out examples (the training data's first ones where there is no test data)."""
+    data = _as_tuple(test_data, "test_data") or _as_tuple(train_data)
+    return tuple(t[:n] for t in data)
+
+
+def _probe_loss(model: nn.Module, loss_fn: LossFn, probe: tuple[torch.Tensor, ...]) -> float:
+    devices = [probe[0].device] if probe[0].device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # the notebook's random stream is left as it was
+        torch.manual_seed(0)
+        return evaluate(model, loss_fn, probe)["loss"]
+
+
+def _quick_check(model: nn.Module, loss_fn: LossFn, train_data, args: dict) -> dict:
+    """Train ``model`` as the call asks (quick-mode sizes) and record its held-out loss before and after."""
+    probe = _probe(train_data, args["test_data"])
+    before = _probe_loss(model, loss_fn, probe)
+    history = _fit(model, loss_fn, train_data, **{**args, "on_epoch_end": None})
+    after = _probe_loss(model, loss_fn, probe)
+    check = {"name": args["cache"], "epochs": len(history["epoch"]), "n_train": _as_tuple(train_data)[0].shape[0],
+             "seconds": sum(history["seconds"]), "before": before, "after": after, "stopped": history["stopped"]}
+    QUICK_CHECKS.append(check)
+    print(f"Quick check of '{check['name']}': trained here for {check['epochs']} epoch(s) on {check['n_train']:,} "
+          f"examples, held-out loss {before:.4g} -> {after:.4g}.")
+    return check
+
+
+def check_trainings_learned() -> int:
+    """Assert that every quick check of this kernel lowered its held-out loss; return how many ran.
+
+    Each notebook's Checks cell calls it: in quick mode with shipped weights, it is what shows that each
+    training path of the notebook still learns."""
+    failed = [c for c in QUICK_CHECKS if not (math.isfinite(c["after"]) and c["after"] < c["before"])]
+    assert not failed, f"these trainings did not lower their held-out loss: {failed}"
+    return len(QUICK_CHECKS)
+
+
+def _fit(model: nn.Module, loss_fn: LossFn, train_data, *, epochs: int, batch_size: int, lr: float, optimizer,
+         lr_schedule, test_data, cache: str | None, config: dict | None, on_epoch_start, on_epoch_end,
+         check_every: int, record_steps: bool, progress: bool, seed: int | None) -> dict:
+    """fit's training: the local cache, then the loop."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"fit(batch_size={batch_size!r}): the number of examples per step, a whole number "
                          "of at least 1 (e.g. 128).")
