@@ -258,7 +258,8 @@ def train_notebooks(prefixes: list[str], folder: Path, cell_timeout: int) -> int
     import time
     import uuid
 
-    env = dict(os.environ, COURSE_QUICK="0", **{ENV_EXPORT: str(folder.resolve()), ENV_RUN: uuid.uuid4().hex})
+    env = dict(os.environ, COURSE_QUICK="0", **{ENV_EXPORT: str(folder.resolve())})
+    env.setdefault(ENV_RUN, uuid.uuid4().hex)  # one id for the run: a model two notebooks share trains once
     env.setdefault("COURSE_CACHE_DIR", str(PROJECT_ROOT / "build" / "pretrain-cache"))
     env.pop(ENV_RETRAIN, None)
     failed = []
@@ -273,7 +274,8 @@ def train_notebooks(prefixes: list[str], folder: Path, cell_timeout: int) -> int
               f"{time.perf_counter() - start:.0f} s", flush=True)
         if code:
             failed.append(prefix)
-    print(f"wrote {write_sums(folder)}")
+        write_sums(folder)  # after each notebook: what is done can be used at once
+    print(f"wrote {folder / SUMS}")
     return 1 if failed else 0
 
 
