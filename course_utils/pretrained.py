@@ -13,7 +13,8 @@
 - a corrupt file, or one made for another model or loss, is an error that names the file and the fix.
 
 ``make pretrain`` sets ``COURSE_EXPORT_WEIGHTS`` to this folder: each training then runs and is written here,
-in float16 where that leaves the loss on held-out data unchanged (to 0.1%), else in float32.
+as compactly as leaves the loss on held-out data unchanged (to 0.1%): int8 matrices with one scale per row and
+float16 for the rest, else all float16, else float32.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ SUMS = "SHA256SUMS"
 ENV_RETRAIN = "COURSE_RETRAIN"
 ENV_EXPORT = "COURSE_EXPORT_WEIGHTS"   # make pretrain: the folder each training is written into
 ENV_RUN = "COURSE_PRETRAIN_RUN"        # make pretrain: one id per run, so later notebooks reuse what it wrote
-FP16_TOLERANCE = 1e-3                  # relative change of the held-out loss that float16 may cause
+FP16_TOLERANCE = 1e-3                  # relative change of the held-out loss that compact storage may cause
 
 _FLAGS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False,
           "": False}
@@ -104,6 +105,12 @@ def key(model: nn.Module, loss_fn) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def ships(name: str) -> bool:
+    """Whether ``make pretrain`` writes the training ``name``: all but exercises (their names say "exercise"),
+    which the learner trains, in every mode."""
+    return "exercise" not in name
+
+
 def find(name: str) -> Path | None:
     """The shipped file ``fit(cache=name)`` should load, or None to train.
 
@@ -156,7 +163,7 @@ def load(path: Path, name: str, model: nn.Module, loss_fn) -> dict:
     if not isinstance(blob, dict) or blob.get("format") != FORMAT or not {"model", "history", "trained"} <= blob.keys():
         raise PretrainedWeightsError(f"{_shown(path)} is not a course weights file (format {FORMAT}). {_fix(path)}")
     own = model.state_dict()
-    saved = blob["model"]
+    saved = _expand(blob["model"], blob.get("scales") or {})
     if blob.get("key") != key(model, loss_fn) or saved.keys() != own.keys() or any(
             saved[k].shape != own[k].shape for k in own):
         raise PretrainedWeightsError(
@@ -191,23 +198,57 @@ def short_device(device: torch.device) -> str:
     return device.type
 
 
-def _half_is_enough(model: nn.Module, loss_fn, probe: tuple[torch.Tensor, ...] | None) -> tuple[bool, float]:
-    """Whether rounding the weights to float16 leaves the loss on ``probe`` unchanged to FP16_TOLERANCE."""
+def _quantize(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``t`` as int8 with one float32 scale per output row (symmetric): ``t ~ q * scale[:, None, ...]``."""
+    rows = t.detach().float().reshape(t.shape[0], -1)
+    scale = (rows.abs().amax(dim=1) / 127).clamp_min(1e-12)
+    q = torch.round(rows / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q.reshape(t.shape), scale
+
+
+def _dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return q.float() * scale.reshape(-1, *([1] * (q.dim() - 1)))
+
+
+def _compact(state: dict, how: str) -> tuple[dict, dict]:
+    """The state dict stored as ``how``: "int8" (matrices and kernels of >= 1024 values as int8 with per-row
+    scales, the rest float16), "float16" or "float32". Returns (tensors, scales)."""
+    tensors, scales = {}, {}
+    for k, v in state.items():
+        v = v.detach().cpu()
+        if not v.is_floating_point() or how == "float32":
+            tensors[k] = v
+        elif how == "int8" and v.dim() >= 2 and v.numel() >= 1024:
+            tensors[k], scales[k] = _quantize(v)
+        else:
+            tensors[k] = v.half()
+    return tensors, scales
+
+
+def _expand(tensors: dict, scales: dict) -> dict:
+    return {k: (_dequantize(v, scales[k]) if k in scales else v) for k, v in tensors.items()}
+
+
+def _smallest_faithful(model: nn.Module, loss_fn, probe: tuple[torch.Tensor, ...] | None) -> tuple[str, float]:
+    """The most compact storage ("int8", "float16", else "float32") that changes the loss on ``probe`` by at
+    most FP16_TOLERANCE (relative), and that change."""
     from .train import evaluate
 
     if not probe:
-        return False, float("nan")
-    rounded = copy.deepcopy(model)
-    rounded.load_state_dict({k: (v.half().to(v.dtype) if v.is_floating_point() else v)
-                             for k, v in model.state_dict().items()})
+        return "float32", float("nan")
     devices = [probe[0].device] if probe[0].device.type == "cuda" else []
+    state = model.state_dict()
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(0)
-        full = evaluate(model, loss_fn, probe)["loss"]
-        torch.manual_seed(0)
-        half = evaluate(rounded, loss_fn, probe)["loss"]
-    change = abs(half - full) / max(abs(full), 1e-12)
-    return change <= FP16_TOLERANCE, change
+        reference = evaluate(model, loss_fn, probe)["loss"]
+        for how in ("int8", "float16"):
+            stored = copy.deepcopy(model)
+            stored.load_state_dict({k: v.to(state[k].dtype) for k, v in _expand(*_compact(state, how)).items()})
+            torch.manual_seed(0)
+            change = abs(evaluate(stored, loss_fn, probe)["loss"] - reference) / max(abs(reference), 1e-12)
+            if change <= FP16_TOLERANCE:
+                return how, change
+    return "float32", float("nan")
 
 
 def export(name: str, model: nn.Module, loss_fn, history: dict, *, n_train: int,
@@ -216,18 +257,18 @@ def export(name: str, model: nn.Module, loss_fn, history: dict, *, n_train: int,
     folder = export_folder()
     folder.mkdir(parents=True, exist_ok=True)
     device = next(iter(model.parameters())).device
-    half, change = _half_is_enough(model, loss_fn, probe)
-    state = {k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu())
-             for k, v in model.state_dict().items()}
+    how, change = _smallest_faithful(model, loss_fn, probe)
+    state, scales = _compact(model.state_dict(), how)
     trained = {"epochs": len(history.get("epoch", [])), "n_train": int(n_train),
                "seconds": round(float(sum(history.get("seconds", []))), 1), "device": short_device(device),
-               "device_detail": _device_detail(device), "dtype": "float16" if half else "float32",
-               "fp16_loss_change": change, "date": _dt.date.today().isoformat(), "commit": _git_commit(),
+               "device_detail": _device_detail(device), "dtype": how,
+               "loss_change": change, "date": _dt.date.today().isoformat(), "commit": _git_commit(),
                "command": os.environ.get("COURSE_PRETRAIN_COMMAND", "make pretrain"),
                "notebook": os.environ.get("COURSE_PRETRAIN_NOTEBOOK", ""), "run": os.environ.get(ENV_RUN, "")}
     history = {k: v for k, v in history.items() if k not in ("loaded_from_cache", "pretrained", "quick_check")}
     path = folder / file_name(name)
-    atomic_save({"format": FORMAT, "name": name, "key": key(model, loss_fn), "model": state, "history": history,
+    atomic_save({"format": FORMAT, "name": name, "key": key(model, loss_fn), "model": state, "scales": scales,
+                 "history": history,
                  "trained": trained}, path)
     print(f"pretrain: wrote {_shown(path)} ({trained['dtype']}, {path.stat().st_size / 1e6:.2f} MB)")
     return path

@@ -357,7 +357,8 @@ def fit(model: nn.Module, loss_fn: LossFn, train_data, *, epochs: int, batch_siz
     shipped = pretrained.find(cache) if cache else None
     if shipped is None:
         history = _fit(model, loss_fn, train_data, **args)
-        if cache and pretrained.export_folder() is not None and history["stopped"] == "completed":
+        if (cache and pretrained.export_folder() is not None and pretrained.ships(cache)
+                and history["stopped"] == "completed"):
             pretrained.export(cache, model, loss_fn, history, n_train=_as_tuple(train_data)[0].shape[0],
                               probe=_probe(train_data, test_data))
         return history
