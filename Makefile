@@ -48,15 +48,15 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_ROOT) $(LAB_QUIET) $(LAB_CLEAN) $(LAB_ARGS)
 
 test: $(STAMP)
-	COURSE_QUICK=1 MPLBACKEND=Agg $(BIN)/python -m pytest -v --nbval-lax --durations=15 tests notebooks
+	COURSE_QUICK=1 $(BIN)/python -m pytest -v --nbval-lax --durations=15 tests notebooks
 
 # Tests that start a browser or Jupyter kernels: make test runs them, make unit leaves them out.
 INTEGRATION := tests/test_browser.py tests/test_execute.py tests/test_clean_checkout.py
 unit: $(STAMP)
-	COURSE_QUICK=1 MPLBACKEND=Agg $(BIN)/python -m pytest -v tests $(addprefix --ignore=,$(INTEGRATION))
+	COURSE_QUICK=1 $(BIN)/python -m pytest -v tests $(addprefix --ignore=,$(INTEGRATION))
 
 notebooks: $(STAMP)
-	COURSE_QUICK=1 MPLBACKEND=Agg $(BIN)/python -m pytest -v --nbval-lax notebooks
+	COURSE_QUICK=1 $(BIN)/python -m pytest -v --nbval-lax notebooks
 
 # A cell still running after CELL_TIMEOUT seconds fails its notebook, named in one line, and the run goes on.
 CELL_TIMEOUT ?= 1800

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import matplotlib
+
 os.environ.setdefault("COURSE_QUICK", "1")
-os.environ.setdefault("MPLBACKEND", "Agg")
+matplotlib.use("Agg")  # this process draws off screen; the notebooks' kernels use the inline backend (../conftest.py)
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,5 @@
-"""The repository's conftest.py gives nbval's notebook cells a longer wait for their output (see its docstring)."""
+"""The repository's conftest.py gives nbval's notebook cells a longer wait for their output (see its docstring),
+and adds one figure check after each notebook's last cell."""
 from pathlib import Path
 
 import pytest
@@ -16,5 +17,6 @@ def test_notebook_cells_wait_longer_for_their_output():
     code = pytest.main(["--collect-only", "-q", "--nbval-lax", "-p", "no:cacheprovider", "--rootdir", str(ROOT),
                         str(ROOT / "notebooks" / "01_elbo.ipynb")], plugins=[Recorder()])
     assert code == 0
-    assert seen and all(name == "IPyNbCell" for name, _ in seen), seen
-    assert all(timeout == 60 for _, timeout in seen), seen
+    cells = [(name, timeout) for name, timeout in seen if name == "IPyNbCell"]
+    assert cells and all(timeout == 60 for _, timeout in cells), seen
+    assert [name for name, _ in seen][len(cells):] == ["FigureCheck"], "the figure check runs after the last cell"
