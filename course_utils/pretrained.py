@@ -280,6 +280,24 @@ def _device_detail(device: torch.device) -> str:
     return f"{device_label(device)}, torch {torch.__version__}"
 
 
+def verify_all(folder: Path | None = None) -> list[dict]:
+    """Check every shipped file against SHA256SUMS (every listed file present, every file listed, every digest
+    right) and return ``manifest``'s rows; a PretrainedWeightsError naming the first file that fails."""
+    folder = Path(folder) if folder else weights_dir()
+    sums = read_sums(folder)
+    files = {p.name for p in folder.glob("*.pt")}
+    for name in sorted(set(sums) | files):
+        path = folder / name
+        if name not in files:
+            raise PretrainedWeightsError(f"{_shown(path)} is listed in {_shown(folder / SUMS)} but missing. {_fix(path)}")
+        if name not in sums:
+            raise PretrainedWeightsError(f"{_shown(path)} is not listed in {_shown(folder / SUMS)}. {_fix(path)}")
+        if sha256(path) != sums[name]:
+            raise PretrainedWeightsError(f"{_shown(path)} does not match its SHA-256 in {_shown(folder / SUMS)}: the "
+                                         f"file is damaged or was changed. {_fix(path)}")
+    return manifest(folder)
+
+
 def manifest(folder: Path | None = None) -> list[dict]:
     """One row per shipped file: name, size, dtype and how it was trained (for README and BENCHMARKS)."""
     folder = Path(folder) if folder else weights_dir()

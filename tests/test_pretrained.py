@@ -153,3 +153,15 @@ def test_the_shipped_weights_verify_and_fit_the_size_limit():
         blob = torch.load(path, map_location="cpu", weights_only=True)
         assert blob["format"] == pretrained.FORMAT and blob["trained"]["epochs"] >= 1, path.name
     assert sum(p.stat().st_size for p in folder.iterdir()) <= 40 * 2 ** 20
+
+
+def test_verify_all_names_a_damaged_or_unlisted_file(x, monkeypatch):
+    _, _, path = pretrain(x, monkeypatch)
+    rows = pretrained.verify_all()
+    assert [r["file"] for r in rows] == ["m.pt"] and rows[0]["bytes"] == path.stat().st_size
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(pretrained.PretrainedWeightsError, match="m.pt does not match"):
+        pretrained.verify_all()
+    (path.parent / "extra.pt").write_bytes(b"x")
+    with pytest.raises(pretrained.PretrainedWeightsError, match="extra.pt is not listed"):
+        pretrained.verify_all()
