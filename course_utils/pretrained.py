@@ -178,8 +178,8 @@ def load(path: Path, name: str, model: nn.Module, loss_fn) -> dict:
 def describe(name: str, trained: dict) -> str:
     """One line: what was trained, for how long, on what, and how to train it yourself instead."""
     epochs = trained.get("epochs", 0)
-    return (f"Loaded shipped weights '{name}': {epochs} epoch{'s' * (epochs != 1)} on {trained.get('n_train', 0):,} "
-            f"examples, {trained.get('seconds', 0):.0f} s on {trained.get('device', '?')} ({ENV_RETRAIN}=1 trains it here)")
+    return (f"Shipped '{name}': {epochs} epoch{'s' * (epochs != 1)}, {trained.get('n_train', 0):,} images, "
+            f"{trained.get('seconds', 0):.0f} s, {trained.get('device', '?')} ({ENV_RETRAIN}=1 retrains)")
 
 
 def _git_commit() -> str:
@@ -195,7 +195,7 @@ def short_device(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type == "cpu":
-        return f"a {os.cpu_count()}-core CPU"
+        return f"{os.cpu_count()}-core CPU"
     return device.type
 
 

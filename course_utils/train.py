@@ -399,8 +399,8 @@ def _quick_check(model: nn.Module, loss_fn: LossFn, train_data, args: dict) -> d
     check = {"name": args["cache"], "epochs": len(history["epoch"]), "n_train": _as_tuple(train_data)[0].shape[0],
              "seconds": sum(history["seconds"]), "before": before, "after": after, "stopped": history["stopped"]}
     QUICK_CHECKS.append(check)
-    print(f"Quick check of '{check['name']}': trained here for {check['epochs']} epoch(s) on {check['n_train']:,} "
-          f"examples, held-out loss {before:.4g} -> {after:.4g}.")
+    print(f"Quick check '{check['name']}': trained here {check['epochs']} ep. on {check['n_train']:,}, "
+          f"held-out loss {before:.4g} -> {after:.4g}")
     return check
 
 

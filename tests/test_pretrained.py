@@ -64,7 +64,8 @@ def test_pretrain_writes_a_verified_file_that_fit_loads_in_full_mode(x, monkeypa
     fresh = tiny()
     loaded = train.fit(fresh, neg_elbo, x, test_data=x[:64], epochs=3, batch_size=32, progress=False, cache="m")
     out = capsys.readouterr().out
-    assert "Loaded shipped weights 'm': 3 epochs on 256 examples" in out and "COURSE_RETRAIN=1" in out, out
+    assert "Shipped 'm': 3 epochs, 256 images" in out and "COURSE_RETRAIN=1" in out, out
+    assert all(len(line) <= 100 for line in out.splitlines() if line.startswith("Shipped")), out
     assert loaded["loaded_from_cache"] and loaded["train_loss"] == history["train_loss"]
     assert loaded["quick_check"] is None and not train.QUICK_CHECKS  # full mode trains nothing
     for k, v in model.state_dict().items():  # compact storage changes a weight by at most one int8 step
@@ -80,7 +81,7 @@ def test_quick_mode_trains_the_path_then_shows_the_shipped_model(x, monkeypatch,
     assert check["epochs"] == 1 and check["n_train"] == 128 and check["after"] < check["before"]
     assert loaded["train_loss"] == history["train_loss"]  # what is shown is the shipped training
     assert train.check_trainings_learned() == 1
-    assert "Quick check of 'm'" in capsys.readouterr().out
+    assert "Quick check 'm': trained here 1 ep. on 128" in capsys.readouterr().out
 
 
 def test_a_training_that_does_not_learn_fails_the_check(x, monkeypatch):
