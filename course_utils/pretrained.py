@@ -14,8 +14,8 @@
 
 ``make pretrain`` sets ``COURSE_EXPORT_WEIGHTS`` to this folder: each training then runs and is written here,
 as compactly as leaves the loss on held-out data unchanged (within 0.1%, or within the loss's own Monte Carlo
-noise where that is larger): int8 matrices with one scale per row and float16 for the rest, else all float16,
-else float32.
+noise where that is larger): int8 matrices with one scale per row and float16 for the rest; where that moves the loss, float16 for the
+matrices that do and int8 for the others; float32 if even float16 moves it.
 """
 from __future__ import annotations
 
@@ -211,15 +211,22 @@ def _dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return q.float() * scale.reshape(-1, *([1] * (q.dim() - 1)))
 
 
-def _compact(state: dict, how: str) -> tuple[dict, dict]:
-    """The state dict stored as ``how``: "int8" (matrices and kernels of >= 1024 values as int8 with per-row
-    scales, the rest float16), "float16" or "float32". Returns (tensors, scales)."""
+def _quantizable(state: dict) -> list[str]:
+    """The matrices and kernels of at least 1024 values: where int8 saves space."""
+    return [k for k, v in state.items() if v.is_floating_point() and v.dim() >= 2 and v.numel() >= 1024]
+
+
+def _compact(state: dict, how: str | set) -> tuple[dict, dict]:
+    """The state dict stored as ``how``: "float32", "float16", "int8" (every quantizable tensor as int8 with
+    per-row scales, the other floats float16), or a set of names (those as int8, the other floats float16).
+    Returns (tensors, scales)."""
+    int8 = set(_quantizable(state)) if how == "int8" else (how if isinstance(how, set) else set())
     tensors, scales = {}, {}
     for k, v in state.items():
         v = v.detach().cpu()
         if not v.is_floating_point() or how == "float32":
             tensors[k] = v
-        elif how == "int8" and v.dim() >= 2 and v.numel() >= 1024:
+        elif k in int8:
             tensors[k], scales[k] = _quantize(v)
         else:
             tensors[k] = v.half()
@@ -230,17 +237,25 @@ def _expand(tensors: dict, scales: dict) -> dict:
     return {k: (_dequantize(v, scales[k]) if k in scales else v) for k, v in tensors.items()}
 
 
-def _smallest_faithful(model: nn.Module, loss_fn, probe: tuple[torch.Tensor, ...] | None) -> tuple[str, float]:
-    """The most compact storage ("int8", "float16", else "float32") whose change of the loss on ``probe`` is
-    within what no figure or check can see: 0.1% of the loss, or the loss's own Monte Carlo noise (the
-    difference between two evaluations with different random draws), whichever is larger. Returns the storage
-    and the change it causes, relative to the loss."""
+def _smallest_faithful(model: nn.Module, loss_fn, probe: tuple[torch.Tensor, ...] | None):
+    """The most compact storage whose change of the loss on ``probe`` is within what no figure or check can
+    see: 0.1% of the loss, or the loss's own Monte Carlo noise (two evaluations with different random draws
+    differ by it), whichever is larger. Every quantizable tensor in int8 if that passes; else float16 for all
+    but the tensors that can be int8 together (least sensitive first); float32 if even float16 fails.
+    Returns (how, label, change relative to the loss)."""
     from .train import evaluate
 
     if not probe:
-        return "float32", float("nan")
+        return "float32", "float32", float("nan")
     devices = [probe[0].device] if probe[0].device.type == "cuda" else []
     state = model.state_dict()
+
+    def loss_of(how) -> float:
+        stored = copy.deepcopy(model)
+        stored.load_state_dict({k: v.to(state[k].dtype) for k, v in _expand(*_compact(state, how)).items()})
+        torch.manual_seed(0)
+        return evaluate(stored, loss_fn, probe)["loss"]
+
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(0)
         reference = evaluate(model, loss_fn, probe)["loss"]
@@ -248,16 +263,20 @@ def _smallest_faithful(model: nn.Module, loss_fn, probe: tuple[torch.Tensor, ...
         noise = abs(evaluate(model, loss_fn, probe)["loss"] - reference)
         scale = max(abs(reference), 1e-12)
         tolerance = max(FP16_TOLERANCE * scale, noise)
-        change = float("nan")
-        for how in ("int8", "float16"):
-            stored = copy.deepcopy(model)
-            stored.load_state_dict({k: v.to(state[k].dtype) for k, v in _expand(*_compact(state, how)).items()})
-            torch.manual_seed(0)
-            difference = abs(evaluate(stored, loss_fn, probe)["loss"] - reference)
-            change = difference / scale if how == "int8" else change
+        change = {"int8": abs(loss_of("int8") - reference)}
+        if change["int8"] <= tolerance:
+            return "int8", "int8", change["int8"] / scale
+        change["float16"] = abs(loss_of("float16") - reference)
+        if change["float16"] > tolerance:
+            return "float32", "float32", float("nan")
+        alone = {k: abs(loss_of({k}) - reference) for k in _quantizable(state)}
+        chosen, kept = set(), change["float16"]
+        for k in sorted(alone, key=alone.get):
+            difference = abs(loss_of(chosen | {k}) - reference)
             if difference <= tolerance:
-                return how, difference / scale
-    return "float32", change
+                chosen, kept = chosen | {k}, difference
+        label = f"int8 ({len(chosen)} of {len(alone)} matrices) + float16" if chosen else "float16"
+        return chosen or "float16", label, kept / scale
 
 
 def export(name: str, model: nn.Module, loss_fn, history: dict, *, n_train: int,
@@ -266,11 +285,11 @@ def export(name: str, model: nn.Module, loss_fn, history: dict, *, n_train: int,
     folder = export_folder()
     folder.mkdir(parents=True, exist_ok=True)
     device = next(iter(model.parameters())).device
-    how, change = _smallest_faithful(model, loss_fn, probe)
+    how, label, change = _smallest_faithful(model, loss_fn, probe)
     state, scales = _compact(model.state_dict(), how)
     trained = {"epochs": len(history.get("epoch", [])), "n_train": int(n_train),
                "seconds": round(float(sum(history.get("seconds", []))), 1), "device": short_device(device),
-               "device_detail": _device_detail(device), "dtype": how,
+               "device_detail": _device_detail(device), "dtype": label,
                "loss_change": change, "date": _dt.date.today().isoformat(), "commit": _git_commit(),
                "command": os.environ.get("COURSE_PRETRAIN_COMMAND", "make pretrain"),
                "notebook": os.environ.get("COURSE_PRETRAIN_NOTEBOOK", ""), "run": os.environ.get(ENV_RUN, "")}

@@ -166,3 +166,21 @@ def test_verify_all_names_a_damaged_or_unlisted_file(x, monkeypatch):
     (path.parent / "extra.pt").write_bytes(b"x")
     with pytest.raises(pretrained.PretrainedWeightsError, match="extra.pt is not listed"):
         pretrained.verify_all()
+
+
+def test_a_sensitive_matrix_stays_float16_while_the_others_go_int8():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64))
+    sensitive = model[0].weight.detach().clone()
+    q, scale = pretrained._quantize(sensitive)
+    int8_error = ((pretrained._dequantize(q, scale) - sensitive) ** 2).sum()
+    weight = 1e-2 / int8_error  # int8 of this matrix moves the loss by 1% (ten times the tolerance); float16 by far less
+
+    def loss_fn(m, x):
+        return {"loss": 1.0 + weight * ((m[0].weight - sensitive) ** 2).sum() + 0.0 * m(x).sum()}
+
+    how, label, change = pretrained._smallest_faithful(model, loss_fn, (torch.randn(32, 64),))
+    assert how == {"1.weight"} and label == "int8 (1 of 2 matrices) + float16", (how, label)
+    assert change <= pretrained.FP16_TOLERANCE
+    tensors, scales = pretrained._compact(model.state_dict(), how)
+    assert tensors["1.weight"].dtype == torch.int8 and tensors["0.weight"].dtype == torch.float16
