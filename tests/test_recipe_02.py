@@ -105,14 +105,18 @@ def test_an_interrupted_training_keeps_what_it_learned(monkeypatch, capsys):
     assert not saved and "keeps what it learned" in capsys.readouterr().out
 
 
-def test_the_speedrun_trains_notebook_02s_large_model():
-    # 07 and the benchmarks build speedrun.MODEL: its sizes must be those of 02's `BIG = VAEConfig(...)`
+def test_the_speedrun_trains_notebook_02s_large_model_at_gpu_widths():
+    # 07 and the benchmarks build speedrun.MODEL: 02's `BIG = VAEConfig(...)` with the same latent size, at
+    # widths no narrower than 02's (02 ships a model a 2-core CPU can train; the GPU run trains a wider one)
     path = ROOT / "notebooks" / "02_bernoulli_vae.ipynb"
     sources = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
     found = [m.group(1) for src in sources for m in [re.search(r"^BIG = VAEConfig\((.*)\)$", src, flags=re.M)] if m]
     assert len(found) == 1, found
     sizes = eval(f"dict({found[0]})")
-    assert {k: getattr(speedrun.MODEL, k) for k in sizes} == sizes, (sizes, speedrun.MODEL)
+    assert speedrun.MODEL.z_dim == sizes["z_dim"], (sizes, speedrun.MODEL)
+    assert len(speedrun.MODEL.channels) == len(sizes["channels"]), (sizes, speedrun.MODEL)
+    assert all(a >= b for a, b in zip(speedrun.MODEL.channels, sizes["channels"])), (sizes, speedrun.MODEL)
+    assert speedrun.MODEL.hidden >= sizes["hidden"], (sizes, speedrun.MODEL)
 
 
 def test_the_device_scripts_recipe_calls_parse(recipe):
