@@ -153,7 +153,7 @@ def test_the_shipped_weights_verify_and_fit_the_size_limit():
         assert pretrained.sha256(path) == sums[path.name], f"{path.name} does not match SHA256SUMS"
         blob = torch.load(path, map_location="cpu", weights_only=True)
         assert blob["format"] == pretrained.FORMAT and blob["trained"]["epochs"] >= 1, path.name
-    assert sum(p.stat().st_size for p in folder.iterdir()) <= 40 * 2 ** 20
+    assert sum(p.stat().st_size for p in folder.iterdir()) <= 40_000_000, "at most 40 MB in all"
 
 
 def test_verify_all_names_a_damaged_or_unlisted_file(x, monkeypatch):
