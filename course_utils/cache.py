@@ -11,6 +11,7 @@ it trains or renders again instead of failing.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -37,6 +38,15 @@ def cache_root() -> Path:
     """The cache folder: ``$COURSE_CACHE_DIR`` if set, else ``<DATA_DIR>/cache`` (git-ignored)."""
     env = os.environ.get("COURSE_CACHE_DIR")
     return Path(env) if env else DATA_DIR / "cache"
+
+
+def sha256(path: Path) -> str:
+    """The SHA-256 of a file, read in 1 MiB blocks (the MNIST files and the shipped weights are checked by it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def weights_dir() -> Path:

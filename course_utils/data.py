@@ -9,7 +9,6 @@ current directory (a notebook's kernel runs in ``notebooks/``).
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 from pathlib import Path
 from typing import Iterator
@@ -17,7 +16,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .cache import DATA_DIR, PROJECT_ROOT, cache_dir  # noqa: F401  (paths live in cache.py)
+from .cache import DATA_DIR, PROJECT_ROOT, cache_dir, sha256  # noqa: F401  (paths live in cache.py)
 # The procedural image sets live in their own modules (which import nothing from this one); their
 # generators are named here too, where the course design lists its data sets.
 from .scenes import color_scenes  # noqa: F401
@@ -33,14 +32,6 @@ _MNIST_FILES = {
 
 class DataFileError(RuntimeError):
     """A data file is missing, truncated or corrupt; the message says what to do."""
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _expected_sums(mnist_dir: Path) -> dict[str, str]:

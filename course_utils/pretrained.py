@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .cache import PROJECT_ROOT, atomic_save, weights_dir
+from .cache import PROJECT_ROOT, atomic_save, sha256, weights_dir
 
 FORMAT = 1
 SUMS = "SHA256SUMS"
@@ -65,14 +65,6 @@ def export_folder() -> Path | None:
 
 def file_name(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name) + ".pt"
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_sums(folder: Path) -> dict[str, str]:
