@@ -31,17 +31,14 @@ import torch
 from torch import nn
 
 from .cache import PROJECT_ROOT, atomic_save, sha256, weights_dir
+from .runtime import env_flag
 
 FORMAT = 1
 SUMS = "SHA256SUMS"
 ENV_RETRAIN = "COURSE_RETRAIN"
 ENV_EXPORT = "COURSE_EXPORT_WEIGHTS"   # make pretrain: the folder each training is written into
 ENV_RUN = "COURSE_PRETRAIN_RUN"        # make pretrain: one id per run, so later notebooks reuse what it wrote
-FP16_TOLERANCE = 1e-3                  # relative change of the held-out loss that compact storage may cause
-
-_FLAGS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False,
-          "": False}
-
+STORAGE_TOLERANCE = 1e-3                  # relative change of the held-out loss that compact storage may cause
 
 class PretrainedWeightsError(RuntimeError):
     """A shipped weights file is missing from SHA256SUMS, corrupt, or made for another model or loss."""
@@ -49,12 +46,7 @@ class PretrainedWeightsError(RuntimeError):
 
 def retrain_requested() -> bool:
     """True when ``COURSE_RETRAIN=1``: train everything as written, ignoring the shipped weights."""
-    value = os.environ.get(ENV_RETRAIN, "")
-    try:
-        return _FLAGS[value.strip().lower()]
-    except KeyError:
-        raise ValueError(f"{ENV_RETRAIN}={value!r} is not understood: set {ENV_RETRAIN}=1 to train every model "
-                         "yourself, or 0 (or leave it unset) to load the shipped weights.") from None
+    return env_flag(ENV_RETRAIN, "to train every model yourself instead of loading the shipped weights")
 
 
 def export_folder() -> Path | None:
@@ -254,7 +246,7 @@ def _smallest_faithful(model: nn.Module, loss_fn, probe: tuple[torch.Tensor, ...
         torch.manual_seed(1)
         noise = abs(evaluate(model, loss_fn, probe)["loss"] - reference)
         scale = max(abs(reference), 1e-12)
-        tolerance = max(FP16_TOLERANCE * scale, noise)
+        tolerance = max(STORAGE_TOLERANCE * scale, noise)
         change = {"int8": abs(loss_of("int8") - reference)}
         if change["int8"] <= tolerance:
             return "int8", "int8", change["int8"] / scale

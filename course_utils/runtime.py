@@ -87,8 +87,19 @@ def seed_everything(seed: int) -> None:
     pyro.set_rng_seed(seed)
 
 
-_QUICK_VALUES = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
-                 "off": False, "": False}
+_FLAG_VALUES = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
+                "off": False, "": False}
+
+
+def env_flag(name: str, meaning: str) -> bool:
+    """The on/off environment variable ``name`` (1/true/yes/on or 0/false/no/off/unset). Any other value is an
+    error that says which values mean what: a typo must not silently pick the other behaviour."""
+    value = os.environ.get(name, "")
+    try:
+        return _FLAG_VALUES[value.strip().lower()]
+    except KeyError:
+        raise ValueError(f"{name}={value!r} is not understood: set {name}=1 {meaning}, or 0 (or leave it unset) "
+                         "for the default.") from None
 
 
 def is_quick() -> bool:
@@ -97,11 +108,10 @@ def is_quick() -> bool:
     Any other value (COURSE_QUICK=2, =quick...) is an error that says which values mean what: a typo must not
     silently run the full mode."""
     value = os.environ.get("COURSE_QUICK", "")
-    try:
-        return _QUICK_VALUES[value.strip().lower()]
-    except KeyError:
+    if value.strip().lower() not in _FLAG_VALUES:
         raise ValueError(f"COURSE_QUICK={value!r} is not a mode: set COURSE_QUICK=1 for quick mode, or 0 (or leave "
-                         "it unset) for full mode.") from None
+                         "it unset) for full mode.")
+    return env_flag("COURSE_QUICK", "for quick mode")
 
 
 def scaled(full: T, quick: T) -> T:
